@@ -1,0 +1,32 @@
+"""rpg_hf: Recurrent Parameter Generators for timm and Hugging Face models.
+
+``import rpg_hf`` registers ``model_type="rpg"`` with transformers' Auto classes and the
+``rpg_*`` architectures with timm.
+"""
+
+from . import timm_models  # noqa: F401  (registers rpg_* with timm)
+from .auto import register as _register
+from .configuration_rpg import RPGConfig
+from .generator import GENERATOR_VERSION
+from .modeling_rpg import RPGForImageClassification, RPGPreTrainedModel, save_expanded
+from .reparam import DofTable, GeneratedLayer, RPGGenerator, dof_table, expand, get_generator, reparameterize
+from .spec import RPGSpec
+
+__version__ = "0.1.0"
+_register()
+
+__all__ = [
+    "GENERATOR_VERSION",
+    "DofTable",
+    "GeneratedLayer",
+    "RPGConfig",
+    "RPGForImageClassification",
+    "RPGGenerator",
+    "RPGPreTrainedModel",
+    "RPGSpec",
+    "dof_table",
+    "expand",
+    "get_generator",
+    "reparameterize",
+    "save_expanded",
+]

@@ -1,0 +1,3 @@
+from rpg_hf.cli import main
+
+main()

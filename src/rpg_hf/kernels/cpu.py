@@ -1,0 +1,192 @@
+"""CPU kernels: a small C library compiled on first use and called through ctypes.
+
+Why not ``torch.utils.cpp_extension``: the torch headers make a build take tens of seconds on a
+2-core machine; this plain C file (no torch headers, pthreads only) builds in about half a
+second and is cached on disk, keyed by the source, the compiler, its flags and the CPU.
+
+If no C compiler is available, or building/loading fails, :func:`available` is False and the
+caller falls back to the pure-PyTorch reference (:mod:`rpg_hf.ring`).  ``RPG_HF_CPU_CC`` picks
+the compiler (default ``$CC`` or ``cc``); ``RPG_HF_CACHE_DIR`` the cache (default
+``$XDG_CACHE_HOME/rpg_hf`` or ``~/.cache/rpg_hf``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+from ._csrc import SOURCE
+from .plan import RingPlan
+
+_FLAGS = ["-O3", "-fPIC", "-shared", "-pthread", "-ffp-contract=off", "-fno-fast-math", "-std=gnu99"]
+_NATIVE = ["-march=native"]
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_error: str | None = None
+_tried = False
+
+
+def _cpu_id() -> str:
+    """Something that changes when ``-march=native`` code may not run any more."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        lines = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags"))]
+        return "\n".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def _cache_dir() -> Path:
+    env = os.environ.get("RPG_HF_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "rpg_hf"
+
+
+def _compiler() -> str | None:
+    cc = os.environ.get("RPG_HF_CPU_CC") or os.environ.get("CC") or "cc"
+    return shutil.which(cc) or (shutil.which("gcc") if cc == "cc" else None)
+
+
+def _compiler_version(cc: str) -> str:
+    try:
+        return subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _build(cc: str, flags: list[str], target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        src = Path(tmp) / "rpg_cpu.c"
+        src.write_text(SOURCE)
+        out = Path(tmp) / target.name
+        proc = subprocess.run([cc, *flags, "-o", str(out), str(src)], capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{cc} failed ({proc.returncode}): {proc.stderr.strip()[:2000]}")
+        os.replace(out, target)  # atomic: concurrent builders each install a complete library
+
+
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    i64, ptr, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+    lib.rpg_abi_version.restype = c_int
+    lib.rpg_forward.argtypes = [c_int, ptr, i64, i64, ptr, ptr, ptr, c_int]
+    lib.rpg_forward.restype = c_int
+    lib.rpg_backward.argtypes = [c_int, ptr, i64, i64, ptr, ptr, ptr, c_int]
+    lib.rpg_backward.restype = c_int
+    if lib.rpg_abi_version() != 1:
+        raise RuntimeError("unexpected rpg_cpu ABI version")
+    return lib
+
+
+def load() -> ctypes.CDLL | None:
+    """The compiled library, building it on first use; None (with a warning) if impossible."""
+    global _lib, _error, _tried
+    if _tried:
+        return _lib
+    with _lock:
+        if _tried:
+            return _lib
+        try:
+            cc = _compiler()
+            if cc is None:
+                raise RuntimeError("no C compiler found (set RPG_HF_CPU_CC or CC)")
+            errors = []
+            for flags in (_FLAGS + _NATIVE, _FLAGS):
+                key = hashlib.sha256(
+                    "\0".join([SOURCE, cc, _compiler_version(cc), *flags, platform.machine(), _cpu_id()]).encode()
+                ).hexdigest()[:20]
+                target = _cache_dir() / f"rpg_cpu_{key}.so"
+                try:
+                    if not target.exists():
+                        _build(cc, flags, target)
+                    _lib = _declare(ctypes.CDLL(str(target)))
+                    break
+                except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+                    errors.append(str(e))
+            if _lib is None:
+                raise RuntimeError("; ".join(errors))
+        except Exception as e:  # noqa: BLE001 - any failure means: use the reference path
+            _error = f"{type(e).__name__}: {e}"
+            warnings.warn(
+                f"rpg_hf: CPU generation kernels unavailable ({_error}); using the pure-PyTorch path",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        _tried = True
+    return _lib
+
+
+def available() -> bool:
+    return load() is not None
+
+
+def error() -> str | None:
+    return _error
+
+
+_DTYPES = {torch.float32: 0, torch.float64: 1}
+
+
+def supports(ring: torch.Tensor) -> bool:
+    return ring.device.type == "cpu" and ring.dtype in _DTYPES and available()
+
+
+def _threads() -> int:
+    return max(1, torch.get_num_threads())
+
+
+def _ptrs(tensors) -> ctypes.Array:
+    return (ctypes.c_void_p * max(1, len(tensors)))(*[(t.data_ptr() if t is not None else None) for t in tensors])
+
+
+def forward(ring: torch.Tensor, plan: RingPlan, dtype: torch.dtype | None = None, flat: bool = False):
+    """Every layer of ``plan`` generated from ``ring`` (a CPU float32/float64 tensor).
+
+    Returns one tensor per layer, or with ``flat=True`` one tensor holding all layers end to end.
+    """
+    lib = load()
+    assert lib is not None and ring.dtype in _DTYPES
+    ring = ring.detach().contiguous()
+    if flat:
+        buf = torch.empty(plan.total, dtype=ring.dtype)
+        outs = list(buf.split(plan.numels))
+    else:
+        outs = [torch.empty(shape, dtype=ring.dtype) for shape in plan.shapes]
+    mult = plan.mult(ring.dtype)
+    meta = plan.meta
+    rc = lib.rpg_forward(_DTYPES[ring.dtype], ring.data_ptr(), plan.ring_size, plan.num_layers,
+                         meta.data_ptr(), mult.data_ptr(), _ptrs(outs), _threads())
+    if rc != 0:
+        raise MemoryError("rpg_forward: out of memory for its scratch tables")
+    if flat:
+        return buf if dtype is None or dtype == buf.dtype else buf.to(dtype)
+    if dtype is not None and dtype != ring.dtype:
+        outs = [o.to(dtype) for o in outs]
+    return tuple(outs)
+
+
+def backward(grads, plan: RingPlan, ring_dtype: torch.dtype) -> torch.Tensor:
+    """dL/dring from per-layer weight gradients (None: the layer got no gradient)."""
+    lib = load()
+    assert lib is not None
+    acc_dtype = ring_dtype if ring_dtype in _DTYPES else torch.float32
+    gs = [None if g is None else g.detach().to(acc_dtype).contiguous() for g in grads]
+    acc = torch.zeros(plan.ring_size, dtype=acc_dtype)
+    mult = plan.mult(acc_dtype)
+    rc = lib.rpg_backward(_DTYPES[acc_dtype], acc.data_ptr(), plan.ring_size, plan.num_layers,
+                          plan.meta.data_ptr(), mult.data_ptr(), _ptrs(gs), _threads())
+    if rc != 0:
+        raise MemoryError("rpg_backward: out of memory for its scratch tables")
+    return acc if acc_dtype == ring_dtype else acc.to(ring_dtype)

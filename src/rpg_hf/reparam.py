@@ -1,0 +1,438 @@
+"""Re-parameterize an existing timm / transformers model so that a ring generates its weights.
+
+``reparameterize(model, spec)`` keeps the model object and its class: the selected ``weight``
+parameters are deleted and replaced by tensors that a forward pre-hook of each module fetches
+from an :class:`RPGGenerator` attached as ``model.rpg``.  The generator owns the ring(s), the
+recorded generated-layer order and a cache of the generated weights keyed on the ring's
+identity and version, so:
+
+* training regenerates after every optimizer step (the in-place update bumps the version) and
+  gradient accumulation reuses one generation across micro-batches;
+* eval generates once; ``load_state_dict``, ``.to()`` and optimizer steps invalidate the cache;
+* ``state_dict()`` holds the ring(s) and the free tensors only — nothing derived.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .ring import LayerSlot, expand_ring, to_float32
+from .spec import RPGSpec
+
+GENERATOR_ATTR = "rpg"
+
+
+@dataclass(frozen=True)
+class GeneratedLayer:
+    """A generated tensor as recorded in a checkpoint's config: enough to rebuild it exactly."""
+
+    name: str
+    shape: tuple[int, ...]
+    ring: int
+    multiplier: float
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "ring": self.ring, "multiplier": self.multiplier}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GeneratedLayer:
+        return cls(str(d["name"]), tuple(int(s) for s in d["shape"]), int(d["ring"]), float(d["multiplier"]))
+
+
+# --------------------------------------------------------------------------- selection
+
+
+def _is_type(module: nn.Module, names: tuple[str, ...]) -> bool:
+    return any(cls.__name__ in names for cls in type(module).__mro__)
+
+
+def _head_modules(model: nn.Module) -> set[nn.Module]:
+    """The classifier: timm's ``get_classifier()``, HF's ``classifier``, else the last Linear."""
+    head = None
+    if callable(getattr(model, "get_classifier", None)):
+        head = model.get_classifier()
+    elif isinstance(getattr(model, "classifier", None), nn.Module):
+        head = model.classifier
+    if isinstance(head, nn.Module):
+        return set(head.modules())
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return {linears[-1]} if linears else set()
+
+
+def select_targets(model: nn.Module, spec: RPGSpec) -> list[tuple[str, nn.Module]]:
+    """The (name, module) pairs whose ``weight`` the spec generates, in module order."""
+    convs = [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)]
+    exclude_stem = spec.exclude_stem if spec.exclude_stem is not None else len(convs) > 1
+    skip = set(_head_modules(model)) if spec.exclude_head else set()
+    if exclude_stem and convs:
+        skip.add(convs[0])
+    targets = []
+    for name, module in model.named_modules():
+        weight = module._parameters.get("weight") if hasattr(module, "_parameters") else None
+        if not isinstance(weight, nn.Parameter) or module in skip or not _is_type(module, spec.target_types):
+            continue
+        if spec.include and not any(re.search(p, name) for p in spec.include):
+            continue
+        if any(re.search(p, name) for p in spec.exclude):
+            continue
+        targets.append((name, module))
+    if not targets:
+        raise ValueError(
+            f"RPGSpec selects no tensor to generate in {type(model).__name__} "
+            f"(target_types={spec.target_types}, include={spec.include}, exclude={spec.exclude})"
+        )
+    return targets
+
+
+def group_key(name: str, scope: str) -> str:
+    """Ring a module belongs to for a local-ring scope, from its dotted name.
+
+    Blocks end at the last numeric component that has a named child (``layer1.0.conv1`` →
+    ``layer1.0``; ``stages.0.blocks.1.conv_dw`` → ``stages.0.blocks.1``).  A stage is the prefix
+    through the first numeric component when the name has two levels of numbering
+    (``stages.0``), else the prefix before it (``layer1``).  Unnumbered modules form their own group.
+    """
+    if scope == "global":
+        return ""
+    parts = name.split(".")
+    numeric = [i for i, p in enumerate(parts[:-1]) if p.isdigit()]
+    if not numeric:
+        return name
+    if scope == "block":
+        return ".".join(parts[: numeric[-1] + 1])
+    return ".".join(parts[: numeric[0] + 1] if len(numeric) >= 2 else parts[: numeric[0]])
+
+
+def _multiplier(module: nn.Module, spec: RPGSpec) -> float:
+    weight = module._parameters["weight"]
+    if isinstance(module, nn.modules.conv._ConvNd):
+        fan_out = weight.shape[0] * math.prod(weight.shape[2:])
+        return to_float32(math.sqrt(spec.reference_fan / fan_out))
+    return to_float32(spec.linear_std / spec.ring_std)
+
+
+def _split_dof(dof: int, sizes: list[int]) -> list[int]:
+    """Largest-remainder split of the DoF over local rings, proportional to what each generates."""
+    if dof < len(sizes):
+        raise ValueError(f"dof={dof} is smaller than the number of local rings ({len(sizes)})")
+    total = sum(sizes)
+    quotas = [dof * s / total for s in sizes]
+    out = [max(1, int(q)) for q in quotas]
+    order = sorted(range(len(sizes)), key=lambda i: quotas[i] - int(quotas[i]), reverse=True)
+    i = 0
+    while sum(out) != dof:
+        k = order[i % len(order)]
+        if sum(out) < dof:
+            out[k] += 1
+        elif out[k] > 1:
+            out[k] -= 1
+        i += 1
+    return out
+
+
+def plan_layers(model: nn.Module, spec: RPGSpec) -> tuple[list[GeneratedLayer], list[int]]:
+    """Select the generated tensors and lay them on ring(s): the order a checkpoint records."""
+    targets = select_targets(model, spec)
+    groups: dict[str, int] = {}
+    ring_of = [groups.setdefault(group_key(name, spec.scope), len(groups)) for name, _ in targets]
+    layers = [
+        GeneratedLayer(name, tuple(m._parameters["weight"].shape), ring, _multiplier(m, spec))
+        for (name, m), ring in zip(targets, ring_of, strict=True)
+    ]
+    sizes = [0] * len(groups)
+    for layer in layers:
+        sizes[layer.ring] += layer.numel
+    return layers, _split_dof(spec.dof, sizes)
+
+
+# --------------------------------------------------------------------------- the generator module
+
+
+class RPGGenerator(nn.Module):
+    """Owns the ring(s) and turns them into the weights of the generated modules."""
+
+    def __init__(self, spec: RPGSpec, layers: list[GeneratedLayer], ring_sizes: list[int]):
+        super().__init__()
+        if sum(ring_sizes) != spec.dof:
+            raise ValueError(f"ring sizes {ring_sizes} sum to {sum(ring_sizes)}, not dof={spec.dof}")
+        self.spec = spec
+        self.layers = list(layers)
+        self.ring_sizes = list(ring_sizes)
+        self.rings = nn.ParameterList(nn.Parameter(part) for part in self._initial_ring().split(ring_sizes))
+        self.slots: list[list[LayerSlot]] = [[] for _ in ring_sizes]
+        self.slot_of: list[tuple[int, int]] = []  # layer position -> (ring, index within ring)
+        starts = [0] * len(ring_sizes)
+        for position, layer in enumerate(self.layers):
+            if not 0 <= layer.ring < len(ring_sizes):
+                raise ValueError(f"layer {layer.name!r} names ring {layer.ring}, but there are {len(ring_sizes)}")
+            slot = LayerSlot(position, layer.shape, starts[layer.ring], layer.multiplier, spec.seed,
+                             spec.permute, spec.sign_flip)
+            self.slot_of.append((layer.ring, len(self.slots[layer.ring])))
+            self.slots[layer.ring].append(slot)
+            starts[layer.ring] += layer.numel
+        self.generations = 0  # how many ring expansions ran: lets tests and benchmarks see the cache work
+        self._cache: list[tuple | None] = [None] * len(ring_sizes)
+
+    def _initial_ring(self) -> torch.Tensor:
+        """Kaiming-normal ring for the reference fan, drawn on the CPU from the seed.
+
+        This is the only RNG use in rpg_hf: a fresh model's starting point, saved with the
+        checkpoint — expansion itself never draws a random number.
+        """
+        gen = torch.Generator(device="cpu").manual_seed(self.spec.seed)
+        return torch.randn(self.spec.dof, generator=gen, device="cpu") * self.spec.ring_std
+
+    @torch.no_grad()
+    def reset_rings(self) -> None:
+        """Re-draw the ring(s) from the seed (used by transformers' weight initialisation)."""
+        init = self._initial_ring()
+        for ring, part in zip(self.rings, init.split(self.ring_sizes), strict=True):
+            if not ring.is_meta:
+                ring.copy_(part)
+        self.invalidate_cache()
+
+    def __deepcopy__(self, memo):
+        """Copy without the cache: it may hold non-leaf tensors, which deepcopy refuses (EMA copies)."""
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            new.__dict__[key] = [None] * len(value) if key == "_cache" else copy.deepcopy(value, memo)
+        return new
+
+    def invalidate_cache(self) -> None:
+        """Drop generated weights; needed only after editing a ring through ``.data``."""
+        self._cache = [None] * len(self.ring_sizes)
+
+    def _apply(self, fn, recurse=True):  # .to(), .half(), .cuda() ...: the cache is stale
+        self.invalidate_cache()
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.invalidate_cache()
+        return super()._load_from_state_dict(*args, **kwargs)
+
+    def ring_weights(self, r: int) -> tuple[torch.Tensor, ...]:
+        """Generated weights of every layer of ring ``r``, regenerated only when the ring changed."""
+        ring = self.rings[r]
+        if ring.is_meta:  # transformers builds models on the meta device: shapes only
+            return tuple(torch.empty(s.shape, device="meta", dtype=ring.dtype) for s in self.slots[r])
+        with_grad = torch.is_grad_enabled() and ring.requires_grad
+        key = (ring._version, ring.data_ptr(), ring.device, ring.dtype, with_grad)
+        cached = self._cache[r]
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        weights = expand_ring(ring, self.slots[r])
+        self.generations += 1
+        self._cache[r] = (key, weights)
+        return weights
+
+    def weight(self, position: int) -> torch.Tensor:
+        r, i = self.slot_of[position]
+        return self.ring_weights(r)[i]
+
+    def generate_all(self) -> list[torch.Tensor]:
+        """Detached weights of every generated layer, in the recorded order."""
+        with torch.no_grad():
+            return [self.weight(p).detach() for p in range(len(self.layers))]
+
+
+class _WeightHook:
+    """Forward pre-hook: put the layer's current generated weight in place before it runs."""
+
+    def __init__(self, generator: RPGGenerator, position: int):
+        self.generator, self.position = generator, position
+
+    def __call__(self, module: nn.Module, args) -> None:
+        module.__dict__["weight"] = self.generator.weight(self.position)
+
+
+def _detach_weight(module: nn.Module, args, output) -> None:
+    """Forward hook: outside forward, ``module.weight`` is a leaf, so ``copy.deepcopy`` (EMA) works."""
+    module.__dict__["weight"] = module.__dict__["weight"].detach()
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def get_generator(model: nn.Module) -> RPGGenerator:
+    gen = getattr(model, GENERATOR_ATTR, None)
+    if not isinstance(gen, RPGGenerator):
+        raise ValueError(f"{type(model).__name__} is not re-parameterized by rpg_hf (no `.{GENERATOR_ATTR}`)")
+    return gen
+
+
+def _named_targets(model: nn.Module, layers: list[GeneratedLayer]) -> list[nn.Module]:
+    modules = dict(model.named_modules())
+    out = []
+    for layer in layers:
+        module = modules.get(layer.name)
+        weight = module._parameters.get("weight") if module is not None else None
+        if weight is None:
+            raise ValueError(
+                f"architecture mismatch: the recorded generated layer {layer.name!r} has no weight "
+                f"parameter in {type(model).__name__}"
+            )
+        if tuple(weight.shape) != layer.shape:
+            raise ValueError(
+                f"architecture mismatch at {layer.name!r}: recorded shape {layer.shape}, "
+                f"model has {tuple(weight.shape)}"
+            )
+        out.append(module)
+    return out
+
+
+def reparameterize(
+    model: nn.Module,
+    spec: RPGSpec,
+    layers: list[GeneratedLayer] | None = None,
+    ring_sizes: list[int] | None = None,
+) -> nn.Module:
+    """Make the ring(s) generate the selected weights of ``model``; returns the same object.
+
+    ``layers``/``ring_sizes`` replay a recorded plan (from a checkpoint's config) instead of
+    selecting anew, so a model rebuilt elsewhere gets exactly the saved layer order.
+    """
+    if hasattr(model, GENERATOR_ATTR):
+        raise ValueError(f"{type(model).__name__} already has an attribute `{GENERATOR_ATTR}`; re-parameterized twice?")
+    if layers is None:
+        layers, ring_sizes = plan_layers(model, spec)
+    elif ring_sizes is None:
+        raise ValueError("a recorded layer list needs its ring_sizes")
+    modules = _named_targets(model, layers)
+    reference = next(iter(modules))._parameters["weight"]
+    generator = RPGGenerator(spec, layers, ring_sizes).to(device=reference.device)
+    for module in modules:
+        del module._parameters["weight"]
+    model.add_module(GENERATOR_ATTR, generator)
+    generator._handles = [  # kept so expand() can detach them
+        (module.register_forward_pre_hook(_WeightHook(generator, i)), module.register_forward_hook(_detach_weight))
+        for i, module in enumerate(modules)
+    ]
+    generator._modules_ref = modules  # not registered: plain list, no second path in named_modules
+    with torch.no_grad():  # materialise now so `module.weight` is readable before the first forward
+        for i, module in enumerate(modules):
+            module.__dict__["weight"] = generator.weight(i)
+    return model
+
+
+@contextlib.contextmanager
+def _without_generator(model: nn.Module) -> Iterator[list[nn.Module]]:
+    """Temporarily detach hooks, generated tensors and the generator (so deepcopy sees a plain model)."""
+    gen = get_generator(model)
+    modules = gen._modules_ref
+    hooks = [
+        (m, pre.id, m._forward_pre_hooks.pop(pre.id), post.id, m._forward_hooks.pop(post.id))
+        for m, (pre, post) in zip(modules, gen._handles, strict=True)
+    ]
+    weights = [m.__dict__.pop("weight", None) for m in modules]
+    del model._modules[GENERATOR_ATTR]
+    try:
+        yield modules
+    finally:
+        model._modules[GENERATOR_ATTR] = gen
+        for m, w in zip(modules, weights, strict=True):
+            if w is not None:
+                m.__dict__["weight"] = w
+        for m, pre_id, pre, post_id, post in hooks:
+            m._forward_pre_hooks[pre_id] = pre
+            m._forward_hooks[post_id] = post
+
+
+def expand(model: nn.Module) -> nn.Module:
+    """A plain copy of the model (same class) with the generated weights materialised as parameters."""
+    gen = get_generator(model)
+    weights = gen.generate_all()
+    with _without_generator(model) as modules:
+        plain = copy.deepcopy(model)
+        index = {id(m): i for i, m in enumerate(modules)}
+        for name, m in model.named_modules():
+            if id(m) in index:
+                target = plain.get_submodule(name)
+                target.weight = nn.Parameter(weights[index[id(m)]].clone())
+    return plain
+
+
+@dataclass(frozen=True)
+class DofTable:
+    """Per-layer placement and totals of a re-parameterized model."""
+
+    rows: list[dict]
+    dof: int
+    ring_sizes: list[int]
+    free_params: int
+    generated_params: int
+
+    @property
+    def original_params(self) -> int:
+        return self.free_params + self.generated_params
+
+    @property
+    def trainable_params(self) -> int:
+        return self.dof + self.free_params
+
+    @property
+    def compression(self) -> float:
+        """Parameters of the plain model per trainable parameter of the RPG model."""
+        return self.original_params / self.trainable_params
+
+    @property
+    def generated_compression(self) -> float:
+        """Generated weights per ring entry (the reuse factor T/N)."""
+        return self.generated_params / self.dof
+
+    def totals(self) -> dict:
+        return {
+            "dof": self.dof,
+            "rings": self.ring_sizes,
+            "free_params": self.free_params,
+            "generated_params": self.generated_params,
+            "trainable_params": self.trainable_params,
+            "original_params": self.original_params,
+            "compression": self.compression,
+            "generated_compression": self.generated_compression,
+        }
+
+    def __str__(self) -> str:
+        head = f"{'layer':<40} {'shape':<20} {'numel':>10} {'ring':>4} {'window':>9} {'mult':>8}"
+        lines = [head, "-" * len(head)]
+        for r in self.rows:
+            shape = "x".join(map(str, r["shape"]))
+            lines.append(
+                f"{r['name']:<40.40} {shape:<20} {r['numel']:>10,} {r['ring']:>4} {r['window']:>9,} {r['multiplier']:>8.3f}"
+            )
+        lines += [
+            "-" * len(head),
+            f"DoF (ring entries)      {self.dof:>14,}   rings: {len(self.ring_sizes)}",
+            f"free parameters         {self.free_params:>14,}",
+            f"generated parameters    {self.generated_params:>14,}   reuse T/N = {self.generated_compression:,.1f}",
+            f"trainable (DoF + free)  {self.trainable_params:>14,}",
+            f"plain model parameters  {self.original_params:>14,}   compression = {self.compression:,.1f}x",
+        ]
+        return "\n".join(lines)
+
+
+def dof_table(model: nn.Module) -> DofTable:
+    """Where each generated layer sits on its ring, and the model's parameter totals."""
+    gen = get_generator(model)
+    rows = []
+    for layer, (r, i) in zip(gen.layers, gen.slot_of, strict=True):
+        slot = gen.slots[r][i]
+        rows.append({
+            "name": layer.name, "shape": list(layer.shape), "numel": layer.numel, "ring": r,
+            "window": slot.start % gen.ring_sizes[r], "multiplier": layer.multiplier,
+        })
+    ring_ids = {id(p) for p in gen.rings}
+    free = sum(p.numel() for p in model.parameters() if id(p) not in ring_ids)
+    return DofTable(rows, gen.spec.dof, list(gen.ring_sizes), free, sum(row["numel"] for row in rows))
