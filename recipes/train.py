@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("run")
     g.add_argument("--output-dir", default="runs/rpg", help="checkpoints/, logs/, model/, results.json go here")
     g.add_argument("--checkpoint-every", type=int, default=0,
-                   help="save_state every N optimizer steps (0: at the end of every epoch)")
+                   help="save_state every N optimizer steps (0: at the end of every epoch; -1: only at the end)")
     g.add_argument("--keep-checkpoints", type=int, default=3, help="keep the newest N checkpoints (0: all)")
     g.add_argument("--resume", nargs="?", const="latest", default=None,
                    help="resume from the latest checkpoint under output-dir/checkpoints, or from the one given")
@@ -245,13 +245,13 @@ def make_accelerator(args: argparse.Namespace):
 
 
 def load_data(args: argparse.Namespace, accelerator) -> tuple[Any, Any, list[str]]:
-    """Train / eval ``datasets.Dataset`` and the class names (the main process fills the cache first)."""
+    """Train / eval ``datasets.Dataset`` and the class names (each node's main process fills its cache first)."""
     from rpg_hf.training import class_names, load_split
 
     def subset(ds, n):
         return ds.shuffle(seed=args.seed, keep_in_memory=True).select(range(n)) if n and 0 < n < len(ds) else ds
 
-    with accelerator.main_process_first():
+    with accelerator.local_main_process_first():
         train_ds = subset(load_split(args.data, args.train_split, cache_dir=args.cache_dir), args.max_train_samples)
         val_ds = None
         if args.val_split:
@@ -353,12 +353,12 @@ def _image_processor(config):
 
 def save_rpg(model, directory: Path, args: argparse.Namespace, results: dict[str, Any]) -> None:
     """Ring-only ``save_pretrained`` and a card (rpg_hf.cards) holding the evaluation results."""
-    from rpg_hf.cards import CardInfo, build_model_card
+    from rpg_hf.cards import write_model_card
 
     model.save_pretrained(directory, model_card=False)
-    info = CardInfo.from_model(model, model_id=args.model_id or Path(args.output_dir).resolve().name,
-                               datasets=[results["dataset"]], recipe_command=_recipe_command())
-    build_model_card(info, _card_entries(results)).save(directory / "README.md")
+    write_model_card(model, directory, _card_entries(results), keep_existing_results=False,
+                     model_id=args.model_id or Path(args.output_dir).resolve().name, datasets=[results["dataset"]],
+                     recipe_command=_recipe_command())
 
 
 def save_vanilla(model, directory: Path, args: argparse.Namespace, results: dict[str, Any], config) -> None:
@@ -494,7 +494,8 @@ class _Run:
 
     def checkpoint(self) -> Path:
         return save_checkpoint(self.accelerator, self.args, self.state,
-                               {"train_seconds": self.train_seconds, "evals": self.evals})
+                               {"train_seconds": self.train_seconds, "evals": self.evals,
+                                "global_batch_size": self.global_batch, "steps_per_epoch": self.spe})
 
     def _due(self, every: int) -> bool:
         step = self.state.step
@@ -506,6 +507,11 @@ class _Run:
             return
         path, saved = resume_checkpoint(self.accelerator, self.args)
         if path is not None:
+            then = (saved.get("global_batch_size"), saved.get("steps_per_epoch"))
+            if then != (self.global_batch, self.spe) and None not in then:
+                self.accelerator.print(f"warning: {path} was written with global batch {then[0]} and {then[1]} steps/epoch, "
+                                       f"this run has {self.global_batch} and {self.spe}: the step count carries over, "
+                                       "but the data order and schedule no longer match the interrupted run")
             self.state.load_state_dict(saved)
             self.train_seconds = float(saved.get("train_seconds", 0.0))
             self.evals = list(saved.get("evals", []))

@@ -22,7 +22,6 @@ from rpg_hf.cards import (
     CardInfo,
     EvalEntry,
     build_model_card,
-    card_main,
     results_from_json,
     update_card_results,
     write_model_card,
@@ -268,20 +267,3 @@ def test_results_from_json_shapes(tmp_path):
         results_from_json({"dataset": "fashion_mnist"})
 
 
-def test_cli_render_then_update(rpg_resnet, tmp_path, capsys):
-    info = _info(rpg_resnet).to_dict()
-    (tmp_path / "info.json").write_text(json.dumps(info))
-    (tmp_path / "r1.json").write_text(json.dumps({"dataset": "fashion_mnist", "top1": 91.0, "top5": 99.0}))
-    (tmp_path / "r2.json").write_text(json.dumps({"dataset": "fashion_mnist", "top1": 93.0}))
-    out = tmp_path / "card"
-    out.mkdir()
-    assert card_main(["render", "--info", str(tmp_path / "info.json"), "--results", str(tmp_path / "r1.json"),
-                      "--model-id", "org/cli-model", "--output", str(out)]) == 0
-    card = ModelCard.load(out / "README.md")
-    assert card.data.model_name == "org/cli-model" and [r.metric_value for r in card.data.eval_results] == [91.0, 99.0]
-    assert card_main(["update", str(out / "README.md"), "--results", str(tmp_path / "r2.json")]) == 0
-    card = ModelCard.load(out / "README.md")
-    assert [r.metric_value for r in card.data.eval_results] == [93.0, 99.0]
-    assert "wrote" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        card_main(["render"])

@@ -39,10 +39,15 @@ def _x(size=32):
     return torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
 
 
-def test_help_of_every_subcommand():
-    assert "convert" in run("--help").stdout
+def test_help_of_every_subcommand(capsys):
+    assert "convert" in run("--help").stdout  # the installed console script
+    from rpg_hf.cli import main
+
     for sub in ("convert", "info", "expand", "card", "push", "scaling", "demo"):
-        assert "usage: rpg-hf " + sub in run(sub, "--help").stdout
+        with pytest.raises(SystemExit) as exit_info:
+            main([sub, "--help"])
+        assert exit_info.value.code == 0
+        assert "usage: rpg-hf " + sub in capsys.readouterr().out
 
 
 def test_convert_and_info(converted):

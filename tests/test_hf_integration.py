@@ -304,3 +304,32 @@ def test_non_safetensors_weights_are_never_unpickled(saved_resnet, tmp_path):
         AutoModelForImageClassification.from_pretrained(path)
     with pytest.raises(ValueError, match="safetensors only"):
         AutoModelForImageClassification.from_pretrained(path, use_safetensors=False)
+
+
+def test_int8_ring_checkpoint(saved_resnet, tmp_path):
+    model, path = saved_resnet
+    ring32 = (path / "model.safetensors").stat().st_size
+    model.config.ring_dtype = "int8"
+    try:
+        model.save_pretrained(tmp_path / "int8")
+    finally:
+        model.config.ring_dtype = "float32"
+    with safe_open(tmp_path / "int8" / "model.safetensors", framework="pt") as f:
+        ring = f.get_tensor("backbone.rpg.rings.0")
+        assert ring.dtype == torch.int8 and ring.numel() == 5000
+    # the ring's 20 KB shrink to 5 KB; the free tensors (stem, BN, head) stay float32
+    assert ring32 - (tmp_path / "int8" / "model.safetensors").stat().st_size >= 3 * 5000 - 300  # header: 2 keys more
+    a = AutoModelForImageClassification.from_pretrained(tmp_path / "int8").eval()
+    b = AutoModelForImageClassification.from_pretrained(tmp_path / "int8").eval()
+    assert a.config.ring_dtype == "int8"
+    assert torch.equal(a.generator.rings[0], b.generator.rings[0])  # same dequantized ring every load
+    assert torch.equal(_logits(a, _x()), _logits(b, _x()))
+    err = (a.generator.rings[0] - model.generator.rings[0]).abs().max()
+    assert 0 < err <= model.generator.rings[0].abs().max() / 127 / 2 + 1e-7
+
+
+def test_cifar_resnets_are_registered_model_options():
+    m = timm.create_model("cifar_resnet18", in_chans=1, num_classes=10, channels=(8, 16, 32, 64))
+    assert m.conv1.kernel_size == (3, 3) and m.conv1.stride == (1, 1)
+    assert m(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert "cifar_resnet34" in timm.list_models("cifar_*")

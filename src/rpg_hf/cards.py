@@ -21,12 +21,10 @@ metadata; text outside the markers is never touched.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import re
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -43,8 +41,6 @@ __all__ = [
     "CardInfo",
     "EvalEntry",
     "build_model_card",
-    "card_main",
-    "configure_parser",
     "results_from_json",
     "update_card_results",
     "write_model_card",
@@ -637,84 +633,3 @@ def write_model_card(
     target.parent.mkdir(parents=True, exist_ok=True)
     card.save(target)
     return card
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def _load_model(name_or_path: str) -> Any:
-    """An RPG checkpoint through transformers' Auto class (``import rpg_hf`` registers the type)."""
-    from transformers import AutoModelForImageClassification
-
-    import rpg_hf  # noqa: F401  (registers the rpg model type when the checkpoint loader is present)
-
-    return AutoModelForImageClassification.from_pretrained(name_or_path)
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the ``render`` / ``update`` sub-commands to ``parser`` (the ``rpg-hf card`` parser)."""
-    sub = parser.add_subparsers(dest="card_command", required=True)
-    render = sub.add_parser("render", help="write a model card (README.md) for an RPG checkpoint")
-    src = render.add_argument_group("model description (at least one of --model / --info)")
-    src.add_argument("--model", help="checkpoint folder or Hub id to read (loaded with AutoModelForImageClassification)")
-    src.add_argument("--info", help="JSON file with CardInfo fields (override what --model gives)")
-    render.add_argument("--results", action="append", default=[], metavar="JSON",
-                        help="results JSON (see rpg_hf.cards.results_from_json); repeatable")
-    render.add_argument("--model-id", help="repo id / name used as the title and model-index name")
-    render.add_argument("--dataset", action="append", default=[], dest="datasets", metavar="ID",
-                        help="training dataset id (Hub id); repeatable")
-    render.add_argument("--recipe-command", help="command line that produced the checkpoint")
-    render.add_argument("--license", help="license id (default apache-2.0)")
-    render.add_argument("--base-model", help="Hub id of the model this one derives from")
-    render.add_argument("--ring-storage", help='how the ring is stored, e.g. "int8, per-ring scale"')
-    render.add_argument("--template", help="Jinja template to use instead of rpg_hf's")
-    render.add_argument("--output", help="README.md path or folder (default: the --model folder, else ./README.md)")
-    render.add_argument("--replace-results", action="store_true",
-                        help="drop the results of an existing README.md instead of keeping them")
-    update = sub.add_parser("update", help="add/replace evaluation results in an existing README.md")
-    update.add_argument("card", help="README.md or the folder holding it")
-    update.add_argument("--results", action="append", required=True, metavar="JSON", help="results JSON; repeatable")
-    update.add_argument("--model-name", help="model-index name when the card has none")
-    parser.set_defaults(func=run_card_command)
-    return parser
-
-
-def run_card_command(args: argparse.Namespace) -> int:
-    results = [e for path in args.results for e in results_from_json(path)]
-    if args.card_command == "update":
-        update_card_results(args.card, results, model_name=args.model_name)
-        print(f"updated {_readme_path(args.card)} ({len(results)} result(s))")
-        return 0
-    if not args.model and not args.info:
-        raise SystemExit("rpg-hf card render: give --model and/or --info")
-    overrides: dict[str, Any] = {}
-    if args.info:
-        overrides.update(json.loads(Path(args.info).read_text(encoding="utf-8")))
-    for key, value in (("model_id", args.model_id), ("recipe_command", args.recipe_command),
-                       ("license", args.license), ("base_model", args.base_model),
-                       ("ring_storage", args.ring_storage)):
-        if value is not None:
-            overrides[key] = value
-    if args.datasets:
-        overrides["datasets"] = args.datasets
-    if args.model:
-        overrides.setdefault("model_id", args.model)
-        info = CardInfo.from_model(_load_model(args.model), **overrides)
-    else:
-        info = CardInfo.from_dict(overrides)
-    output = args.output or (args.model if args.model and Path(args.model).is_dir() else "README.md")
-    write_model_card(info, output, results, keep_existing_results=not args.replace_results,
-                     template_path=args.template)
-    print(f"wrote {_readme_path(output)}")
-    return 0
-
-
-def card_main(argv: Sequence[str] | None = None) -> int:
-    """``rpg-hf card ...`` as a stand-alone entry point (also ``python -m rpg_hf.cards``)."""
-    parser = configure_parser(argparse.ArgumentParser(prog="rpg-hf card", description=__doc__.split("\n\n")[0]))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(card_main())

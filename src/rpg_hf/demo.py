@@ -19,10 +19,10 @@ What it does, by default:
   :class:`rpg_hf.RPGForImageClassification` with a 45K ring, so saving and loading go through
   the real transformers path.
 * vanilla arm: the same timm ResNet family narrowed to the RPG model's *trainable* parameter count
-  (ring + free parameters): ``channels=(w, 2w, 4w, 8w)``, ``stem_width=w`` with ``w`` chosen so
-  the counts match as closely as possible (``--vanilla-width`` to set it).
+  (ring + free parameters): stage widths ``(w/8, w/4, w/2, w)`` (ResNet-18 is ``w=512``) with
+  ``w`` chosen so the counts match as closely as possible (``--vanilla-width`` to set it).
 * both arms: the same SGD recipe (momentum 0.9, Nesterov, cosine with warm-up), the same batches
-  in the same order, a 10,000-image training subset for one epoch (``--train-samples 0
+  in the same order, a 20,000-image training subset for one epoch (``--train-samples 0
   --epochs 10`` for the real thing), evaluation on 2,000 test images (``--test-samples 0`` for
   all 10,000).
 * then: ``save_pretrained`` of the RPG model (ring-only), reload with
@@ -34,6 +34,9 @@ What it does, by default:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -61,14 +64,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="IDX directory, .parquet/.arrow file or folder, or Hub dataset name")
     parser.add_argument("--train-split", default="train", help="training split")
     parser.add_argument("--test-split", default="test", help="evaluation split")
-    parser.add_argument("--train-samples", type=int, default=10_000,
+    parser.add_argument("--train-samples", type=int, default=20_000,
                         help="random training subset (0: all 60,000)")
     parser.add_argument("--test-samples", type=int, default=2_000, help="random test subset (0: all 10,000)")
     parser.add_argument("--arch", default="resnet18", help="timm ResNet-family architecture of both arms")
     parser.add_argument("--dof", type=int, default=45_000, help="RPG degrees of freedom (ring size)")
     parser.add_argument("--vanilla-width", type=int, default=None,
-                        help="base width w of the vanilla net, channels (w,2w,4w,8w) (default: match RPG's trainable "
-                             "parameters)")
+                        help="last-stage channels w of the vanilla net, stages (w/8, w/4, w/2, w) (default: match the "
+                             "RPG model's trainable parameters)")
     parser.add_argument("--epochs", type=int, default=1, help="training epochs of each arm")
     parser.add_argument("--batch-size", type=int, default=128, help="batch size")
     parser.add_argument("--lr", type=float, default=0.1, help="peak learning rate (SGD, Nesterov momentum 0.9)")
@@ -118,7 +121,8 @@ def load_split(source: str, split: str, keep: int, seed: int, device: torch.devi
     try:
         ds = load_image_dataset(source, split)
     except FileNotFoundError as err:
-        raise SystemExit(f"rpg-hf demo: dataset not found ({err}).\nInstall it with:\n    {INSTALL_HINT}") from err
+        hint = "" if "apt-get install" in str(err) else f"\nInstall it with:\n    {INSTALL_HINT}"
+        raise SystemExit(f"rpg-hf demo: {err}{hint}") from err
     except ConnectionError as err:  # a Hub name with no network and no cache
         raise SystemExit(f"rpg-hf demo: cannot load {source!r} ({err}).\nFor the offline default:\n    "
                          f"{INSTALL_HINT}") from err
@@ -150,8 +154,14 @@ def _batches(split: _Split, batch_size: int) -> Iterator[tuple[torch.Tensor, tor
 # --------------------------------------------------------------------------- models
 
 
+def _vanilla_channels(w: int) -> list[int]:
+    """Stage widths ending in ``w``, each half the next (ResNet-18's 64/128/256/512 is ``w=512``)."""
+    return [max(1, round(w / 8)), max(1, round(w / 4)), max(1, round(w / 2)), w]
+
+
 def _vanilla_args(w: int, in_chans: int) -> dict[str, Any]:
-    return {"in_chans": in_chans, "channels": [w, 2 * w, 4 * w, 8 * w], "stem_width": w}
+    channels = _vanilla_channels(w)
+    return {"in_chans": in_chans, "channels": channels, "stem_width": channels[0]}
 
 
 def _timm_params(arch: str, num_classes: int, model_args: dict[str, Any]) -> int:
@@ -162,12 +172,13 @@ def _timm_params(arch: str, num_classes: int, model_args: dict[str, Any]) -> int
 
 
 def match_vanilla_width(arch: str, target_params: int, num_classes: int, in_chans: int = 1) -> tuple[int, int]:
-    """Base width ``w`` whose narrowed ``arch`` has the parameter count closest to ``target_params``.
+    """Last-stage width ``w`` whose narrowed ``arch`` has the parameter count closest to ``target_params``.
 
-    Returns ``(w, params)``.  Parameters grow monotonically with ``w``, so a bisection on
-    ``[1, 64]`` finds the two neighbours of the target; the closer one wins.
+    The stages get ``w/8, w/4, w/2, w`` channels (the stem ``w/8``).  Returns ``(w, params)``.
+    Parameters grow with ``w``, so a bisection on ``[8, 512]`` finds the two neighbours of the
+    target; the closer one wins (for ResNet-18 at 62,866 that is within a few hundred).
     """
-    lo, hi = 1, 64
+    lo, hi = 8, 512
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if _timm_params(arch, num_classes, _vanilla_args(mid, in_chans)) <= target_params:
@@ -234,7 +245,7 @@ def _evaluate(model: torch.nn.Module, test: _Split, normalize: Callable, args: a
               desc: str) -> dict[str, float]:
     from .training import evaluate
 
-    return evaluate(model, _batches(test, 512), transform=normalize, progress=not args.no_progress, desc=desc)
+    return evaluate(model, list(_batches(test, 512)), transform=normalize, progress=not args.no_progress, desc=desc)
 
 
 @torch.no_grad()
@@ -279,9 +290,26 @@ def run_rpg(args: argparse.Namespace, train: _Split, test: _Split, normalize: Ca
     if not same_logits or reloaded_metrics["top1"] != metrics["top1"]:
         raise RuntimeError(f"the reloaded ring-only checkpoint in {folder} does not reproduce the trained model "
                            f"(top-1 {reloaded_metrics['top1']:.2f}% vs {metrics['top1']:.2f}%)")
+    _card_results(folder, args, metrics, len(test))
     return {**summary, "name": f"RPG {args.arch}", "top1": metrics["top1"], "top5": metrics["top5"],
             "reloaded_top1": reloaded_metrics["top1"], "identical_after_reload": same_logits,
             "train_seconds": seconds, "checkpoint_bytes": _dir_bytes(folder), "path": str(folder)}
+
+
+def _dataset_id(source: str) -> str:
+    if os.path.abspath(source) == FASHION_MNIST_DIR:
+        return "fashion_mnist"
+    path = Path(source)
+    return path.resolve().name if path.exists() else source
+
+
+def _card_results(folder: Path, args: argparse.Namespace, metrics: dict[str, float], n_test: int) -> None:
+    """Put the test accuracy into the saved model card's model-index (rpg_hf.cards)."""
+    from .cards import results_from_json, update_card_results
+
+    record = {"dataset": _dataset_id(args.data), "split": args.test_split, "top1": metrics["top1"],
+              "top5": metrics["top5"], "config": f"random {n_test}-image subset" if args.test_samples else None}
+    update_card_results(folder, results_from_json(record))
 
 
 def run_vanilla(args: argparse.Namespace, train: _Split, test: _Split, normalize: Callable, mean: list[float],
@@ -298,23 +326,30 @@ def run_vanilla(args: argparse.Namespace, train: _Split, test: _Split, normalize
         width, _ = match_vanilla_width(args.arch, target_params, len(train.names), in_chans)
     model = _build("vanilla", args, train, mean, std, _vanilla_args(width, in_chans)).to(train.images.device)
     summary = model_summary(model)
-    seconds = train_model(model, train, normalize, args, f"vanilla {args.arch} (w={width})")
+    name = f"vanilla {args.arch} {'/'.join(map(str, _vanilla_channels(width)))}"
+    seconds = train_model(model, train, normalize, args, name)
     metrics = _evaluate(model, test, normalize, args, "eval vanilla")
     folder = out / f"vanilla-{args.arch}-w{width}"
-    save_for_hf(model, folder, model_config={"label_names": train.names},
-                model_args=_vanilla_args(width, in_chans), safe_serialization=True)
-    return {**summary, "name": f"vanilla {args.arch} w={width}", "width": width, "top1": metrics["top1"],
+    timm_log = logging.getLogger("timm")
+    level = timm_log.level
+    timm_log.setLevel(logging.ERROR)  # "pretrained mean does not match 1 channels": there is no pretrained cfg
+    try:
+        save_for_hf(model, folder, model_config={"label_names": train.names},
+                    model_args=_vanilla_args(width, in_chans), safe_serialization=True)
+    finally:
+        timm_log.setLevel(level)
+    return {**summary, "name": name, "width": width, "top1": metrics["top1"],
             "top5": metrics["top5"], "train_seconds": seconds, "checkpoint_bytes": _dir_bytes(folder),
             "path": str(folder)}
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """The comparison table: method, accuracy, DoF, trainable parameters, compression, file size, time."""
-    head = f"{'method':<26} {'top-1':>7} {'DoF':>11} {'trainable':>11} {'compression':>11} {'checkpoint':>11} {'train':>8}"
+    head = f"{'method':<30} {'top-1':>7} {'DoF':>11} {'trainable':>11} {'compression':>11} {'checkpoint':>11} {'train':>8}"
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r['name']:<26.26} {r['top1']:>6.2f}% {r['dof']:>11,} {r['trainable_params']:>11,} "
+            f"{r['name']:<30.30} {r['top1']:>6.2f}% {r['dof']:>11,} {r['trainable_params']:>11,} "
             f"{r['compression']:>10.1f}x {_size(r['checkpoint_bytes']):>11} {r['train_seconds']:>7.0f}s"
         )
     return "\n".join(lines)
@@ -329,8 +364,27 @@ def _device(name: str | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """No "Loading weights" / "Writing model shards" bars from transformers between our own."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the demo for parsed ``args``; prints the table and returns both arms' results."""
+    with _quiet_transformers():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "import_error", None):
         raise SystemExit(f"rpg-hf demo is unavailable: {args.import_error}")
     if args.train_samples < 0 or args.test_samples < 0 or args.epochs < 1 or args.batch_size < 1:

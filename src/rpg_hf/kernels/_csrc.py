@@ -1,12 +1,31 @@
-"""C source of the CPU kernels (kept as a string so it ships with the Python package).
+"""C source of the CPU kernels (kept as a string so that it ships inside the Python package).
 
 Plain C99 + pthreads, no torch headers: it compiles in well under a second and is loaded with
 ctypes (see :mod:`rpg_hf.kernels.cpu`).  It re-implements ``GENERATOR_VERSION = 1`` of
 :mod:`rpg_hf.generator` with uint32 arithmetic; the forward is bit-identical to
-:func:`rpg_hf.ring.generate_layer` (one IEEE product ``ring * m``, then a sign-bit flip).
+:func:`rpg_hf.ring.generate_layer` (one IEEE product ``ring * m``, then a sign-bit flip, which is
+exactly what negation does).
 
-Layer table (``int64[L][META_WIDTH]``, built by :mod:`rpg_hf.kernels.plan`):
+Layer table (``int64[L][10]``, built by :mod:`rpg_hf.kernels.plan`):
 ``n, a, b, o = start mod N, flags (1: permute, 2: sign flip), k0, k1, k2, k3, k_sign``.
+
+Speed notes (the per-element work is a chain of small-table lookups; on a 2-core Zen 2 the
+scalar code below runs at ~3 ns/element/thread, AVX2 gathers were not faster):
+
+* The Feistel round tables (``O(a + b)`` per layer, rebuilt each call: nothing is kept) are
+  stored *extended* so that intermediate coordinates need no modular reduction:
+  ``x1 = x0 + T0[y0] < 2a``, ``y1 = y0 + T1e[x1] < 2b`` (``T1e`` has ``2a`` entries),
+  ``x2 = x1 + T2e[y1] < 3a``, and one 64-bit entry ``W[x2]`` holds ``T3[x2 mod a]``, the row's
+  ring offset ``(o + (x2 mod a)·b) mod N`` and the cycle-walk threshold of the row;
+  ``y2 = MODB[y1 + T3]`` (``3b`` entries).  The ring index is then ``R + y2 < N + b``: the ring is
+  read through a copy padded with its own first ``b`` entries (and the gradient accumulated into
+  a padded buffer whose tail is folded back), so no ``mod N`` either.
+* Elements that leave ``[0, n)`` (``x2 ≡ a-1``, ``y2 >=`` threshold: fewer than 1 in ``a``) are
+  listed and recomputed with plain rounds and cycle walking.
+* Forward: sequential writes; the ring (cache-resident for small rings, prefetched for large
+  ones) is gathered.  Backward: the weight gradient is read in order and scatter-added into a
+  ring-sized buffer private to each thread, summed in thread order afterwards (deterministic for a
+  given thread count).  The GPU kernel gathers through π⁻¹ instead (there, scatters need atomics).
 """
 
 SOURCE = r"""
@@ -17,8 +36,15 @@ SOURCE = r"""
 
 #define META_WIDTH 10
 #define CHUNK_ELEMS 16384
-#define RING_BLOCK 4096
 #define TILE 512
+#define MAX_THREADS 64
+#define PREFETCH_BYTES (1 << 20)
+
+/* v mod d for 32-bit v and d >= 1 (Lemire's fastmod): two multiplications instead of a division */
+static inline uint64_t fastmod_m(uint32_t d) { return UINT64_C(0xFFFFFFFFFFFFFFFF) / d + 1; }
+static inline uint32_t fastmod(uint32_t v, uint64_t M, uint32_t d) {
+    return (uint32_t)(((__uint128_t)(M * v) * d) >> 64);
+}
 
 static inline uint32_t hash32(uint32_t v, uint32_t k) {
     v ^= k;
@@ -31,27 +57,31 @@ static inline uint32_t hash32(uint32_t v, uint32_t k) {
 }
 
 typedef struct {
-    int64_t n, a, b, o, ring;
+    int64_t n, o;
+    uint32_t a, b;
     int permute, sign;
     uint32_t ks;
-    uint16_t *t0, *t1, *t2, *t3; /* t0, t2: indexed by y (b values < a); t1, t3: by x (a values < b) */
-    uint32_t *rowbase;           /* (o + x * b) mod N for x < a, when b <= N < 2**31; else NULL */
+    uint16_t *t0;   /* [b]  round 0, indexed by y,       values < a */
+    uint16_t *t1e;  /* [2a] round 1, indexed by x < 2a,  values < b */
+    uint16_t *t2e;  /* [2b] round 2, indexed by y < 2b,  values < a */
+    uint16_t *modb; /* [3b] v mod b */
+    uint64_t *w;    /* [3a] ring offset of row (x mod a) | round 3 << 32 | walk threshold << 48 */
 } layer_t;
 
 typedef struct { int64_t layer, lo, hi; } chunk_t; /* rows [lo, hi) of a permuted layer, else elements */
 
 typedef struct {
-    int64_t L, N;
+    int64_t L, N, pad;
     layer_t *layers;
     void *scratch;
     chunk_t *chunks;
     int64_t nchunks;
-    int64_t next;  /* work counter (dynamic scheduling) */
-    const void *ring;
+    int64_t next;      /* forward work counter (dynamic scheduling) */
+    const void *ring;  /* forward: the ring padded to N + pad entries */
     const void *mult;
-    void **outs;    /* forward: per-layer outputs; backward: per-layer gradients (NULL: skipped) */
-    void *acc;      /* backward: ring gradient */
-    int dtype;      /* 0: float32, 1: float64 */
+    void **ptrs;       /* forward: per-layer outputs; backward: per-layer gradients (NULL: skipped) */
+    int dtype;         /* 0: float32, 1: float64 */
+    int prefetch;
 } job_t;
 
 static void free_job(job_t *job) {
@@ -60,55 +90,70 @@ static void free_job(job_t *job) {
     free(job->chunks);
 }
 
-/* Round tables, row bases and the chunk list for all layers.  Returns 0 on success. */
-static int setup(job_t *job, const int64_t *meta, int with_rowbase, int64_t chunk_rows_elems) {
-    int64_t L = job->L, N = job->N, words = 0, nchunks = 0;
+/* Tables and the chunk list of every layer.  Returns 0 on success. */
+static int setup(job_t *job, const int64_t *meta) {
+    int64_t L = job->L, N = job->N, bytes = 64, nchunks = 0, pad = 1;
     job->layers = (layer_t *)calloc(L > 0 ? L : 1, sizeof(layer_t));
     if (!job->layers) return 1;
     for (int64_t l = 0; l < L; l++) {
         const int64_t *m = meta + l * META_WIDTH;
         layer_t *ly = &job->layers[l];
-        ly->n = m[0]; ly->a = m[1]; ly->b = m[2]; ly->o = m[3]; ly->ring = N;
+        ly->n = m[0]; ly->a = (uint32_t)m[1]; ly->b = (uint32_t)m[2]; ly->o = m[3];
         ly->permute = (int)(m[4] & 1); ly->sign = (int)((m[4] >> 1) & 1);
         ly->ks = (uint32_t)m[9];
         if (ly->permute) {
-            words += ly->a + ly->b + 2;
-            if (with_rowbase && ly->b <= N && N < ((int64_t)1 << 31)) words += ly->a;
-            int64_t rows = chunk_rows_elems / ly->b; if (rows < 1) rows = 1;
+            bytes += 8 * 3 * (int64_t)ly->a + 2 * (6 * (int64_t)ly->b + 2 * (int64_t)ly->a) + 64;
+            if ((int64_t)ly->b > pad) pad = ly->b;
+            int64_t rows = CHUNK_ELEMS / ly->b; if (rows < 1) rows = 1;
             nchunks += (ly->a + rows - 1) / rows;
         } else {
-            nchunks += (ly->n + chunk_rows_elems - 1) / chunk_rows_elems;
+            nchunks += (ly->n + CHUNK_ELEMS - 1) / CHUNK_ELEMS;
         }
     }
-    job->scratch = malloc((size_t)(words > 0 ? words : 1) * sizeof(uint32_t) + 64);
+    job->pad = pad;
+    job->scratch = malloc((size_t)bytes);
     job->chunks = (chunk_t *)malloc((size_t)(nchunks > 0 ? nchunks : 1) * sizeof(chunk_t));
     if (!job->scratch || !job->chunks) return 1;
-    uint32_t *w = (uint32_t *)job->scratch;
+    char *w = (char *)job->scratch;
     int64_t c = 0;
     for (int64_t l = 0; l < L; l++) {
         const int64_t *m = meta + l * META_WIDTH;
         layer_t *ly = &job->layers[l];
         if (ly->permute) {
-            uint32_t a = (uint32_t)ly->a, b = (uint32_t)ly->b;
+            uint32_t a = ly->a, b = ly->b;
             uint32_t k0 = (uint32_t)m[5], k1 = (uint32_t)m[6], k2 = (uint32_t)m[7], k3 = (uint32_t)m[8];
-            uint16_t *h = (uint16_t *)w;
-            ly->t0 = h; h += b; ly->t1 = h; h += a; ly->t2 = h; h += b; ly->t3 = h; h += a;
-            w += a + b + 2;
-            for (uint32_t y = 0; y < b; y++) { ly->t0[y] = (uint16_t)(hash32(y, k0) % a); ly->t2[y] = (uint16_t)(hash32(y, k2) % a); }
-            for (uint32_t x = 0; x < a; x++) { ly->t1[x] = (uint16_t)(hash32(x, k1) % b); ly->t3[x] = (uint16_t)(hash32(x, k3) % b); }
-            if (with_rowbase && ly->b <= N && N < ((int64_t)1 << 31)) {
-                ly->rowbase = w; w += ly->a;
-                for (int64_t x = 0; x < ly->a; x++) ly->rowbase[x] = (uint32_t)((ly->o + (x * ly->b) % N) % N);
+            w = (char *)(((uintptr_t)w + 7) & ~(uintptr_t)7);
+            ly->w = (uint64_t *)w; w += 8 * 3 * (size_t)a;
+            ly->t0 = (uint16_t *)w; w += 2 * (size_t)b;
+            ly->t1e = (uint16_t *)w; w += 2 * 2 * (size_t)a;
+            ly->t2e = (uint16_t *)w; w += 2 * 2 * (size_t)b;
+            ly->modb = (uint16_t *)w; w += 2 * 3 * (size_t)b;
+            uint64_t ma = fastmod_m(a), mb = fastmod_m(b);
+            for (uint32_t y = 0; y < b; y++) {
+                ly->t0[y] = (uint16_t)fastmod(hash32(y, k0), ma, a);
+                ly->t2e[y] = ly->t2e[y + b] = (uint16_t)fastmod(hash32(y, k2), ma, a);
+                ly->modb[y] = ly->modb[y + b] = ly->modb[y + 2 * b] = (uint16_t)y;
             }
-            int64_t rows = chunk_rows_elems / ly->b; if (rows < 1) rows = 1;
-            for (int64_t x = 0; x < ly->a; x += rows) {
+            uint64_t last = (uint64_t)(ly->n - (int64_t)(a - 1) * b); /* rows < a-1 are full */
+            if (last > 0xFFFF) last = 0xFFFF;
+            int64_t r = ly->o, step = (int64_t)b % N; /* r = (o + x * b) mod N, incrementally */
+            for (uint32_t x = 0; x < a; x++) {
+                uint64_t t3 = fastmod(hash32(x, k3), mb, b);
+                uint64_t th = x == a - 1 ? last : 0xFFFF;
+                ly->t1e[x] = ly->t1e[x + a] = (uint16_t)fastmod(hash32(x, k1), mb, b);
+                ly->w[x] = ly->w[x + a] = ly->w[x + 2 * (size_t)a] = (uint64_t)r | (t3 << 32) | (th << 48);
+                r += step;
+                if (r >= N) r -= N;
+            }
+            int64_t rows = CHUNK_ELEMS / b; if (rows < 1) rows = 1;
+            for (int64_t x = 0; x < a; x += rows) {
                 job->chunks[c].layer = l; job->chunks[c].lo = x;
-                job->chunks[c].hi = x + rows < ly->a ? x + rows : ly->a; c++;
+                job->chunks[c].hi = x + rows < a ? x + rows : a; c++;
             }
         } else {
-            for (int64_t j = 0; j < ly->n; j += chunk_rows_elems) {
+            for (int64_t j = 0; j < ly->n; j += CHUNK_ELEMS) {
                 job->chunks[c].layer = l; job->chunks[c].lo = j;
-                job->chunks[c].hi = j + chunk_rows_elems < ly->n ? j + chunk_rows_elems : ly->n; c++;
+                job->chunks[c].hi = j + CHUNK_ELEMS < ly->n ? j + CHUNK_ELEMS : ly->n; c++;
             }
         }
     }
@@ -116,44 +161,53 @@ static int setup(job_t *job, const int64_t *meta, int with_rowbase, int64_t chun
     return 0;
 }
 
-/* ---- the permutation (x, y) -> (x, y), forward and inverse; p = x * b + y ---- */
-
+/* Plain rounds on reduced coordinates (x < a, y < b) and cycle walking: the slow path. */
 static inline void rounds_fwd(const layer_t *ly, uint32_t *px, uint32_t *py) {
-    uint32_t a = (uint32_t)ly->a, b = (uint32_t)ly->b, x = *px, y = *py;
+    uint32_t a = ly->a, b = ly->b, x = *px, y = *py;
     x += ly->t0[y]; x = x >= a ? x - a : x;
-    y += ly->t1[x]; y = y >= b ? y - b : y;
-    x += ly->t2[y]; x = x >= a ? x - a : x;
-    y += ly->t3[x]; y = y >= b ? y - b : y;
+    y += ly->t1e[x]; y = y >= b ? y - b : y;
+    x += ly->t2e[y]; x = x >= a ? x - a : x;
+    y += (uint32_t)((ly->w[x] >> 32) & 0xFFFF); y = y >= b ? y - b : y;
     *px = x; *py = y;
 }
 
-static inline void rounds_inv(const layer_t *ly, uint32_t *px, uint32_t *py) {
-    uint32_t a = (uint32_t)ly->a, b = (uint32_t)ly->b, x = *px, y = *py, t;
-    t = ly->t3[x]; y = y >= t ? y - t : y + b - t;
-    t = ly->t2[y]; x = x >= t ? x - t : x + a - t;
-    t = ly->t1[x]; y = y >= t ? y - t : y + b - t;
-    t = ly->t0[y]; x = x >= t ? x - t : x + a - t;
-    *px = x; *py = y;
-}
-
-/* Cycle walking: p = x * b + y is outside [0, n); re-apply the rounds until it lands inside. */
-static inline void walk(const layer_t *ly, uint32_t *px, uint32_t *py, int inverse) {
-    uint64_t b = (uint64_t)ly->b, n = (uint64_t)ly->n;
-    uint64_t p = (uint64_t)*px * b + *py;
+static uint32_t slow_index(const layer_t *ly, uint32_t x, uint32_t y) {
+    uint64_t b = ly->b, n = (uint64_t)ly->n;
+    rounds_fwd(ly, &x, &y);
+    uint64_t p = (uint64_t)x * b + y;
     while (p >= n) {
-        uint32_t x = (uint32_t)(p / b), y = (uint32_t)(p % b);
-        if (inverse) rounds_inv(ly, &x, &y); else rounds_fwd(ly, &x, &y);
-        *px = x; *py = y;
+        x = (uint32_t)(p / b); y = (uint32_t)(p % b);
+        rounds_fwd(ly, &x, &y);
         p = (uint64_t)x * b + y;
     }
+    return (uint32_t)(ly->w[x] & 0xFFFFFFFFu) + y; /* < N + b: an index into the padded ring */
 }
 
-static inline int64_t ring_index(const layer_t *ly, uint32_t x, uint32_t y) {
-    if (ly->rowbase) {
-        uint32_t i = ly->rowbase[x] + y;
-        return i >= (uint32_t)ly->ring ? i - (uint32_t)ly->ring : i;
+/* Padded-ring indices of elements j = x0 * b + y0 + t, t < cnt, of a permuted layer. */
+static inline void tile_indices(const layer_t *ly, uint32_t x0, uint32_t y0, uint32_t cnt,
+                                uint32_t *restrict idx, const void *prefetch_base, int esize) {
+    const uint16_t *restrict t0 = ly->t0, *restrict t1e = ly->t1e, *restrict t2e = ly->t2e;
+    const uint16_t *restrict modb = ly->modb;
+    const uint64_t *restrict w = ly->w;
+    uint16_t fix[TILE + 1];
+    uint32_t nfix = 0;
+    for (uint32_t t = 0; t < cnt; t++) {
+        uint32_t y = y0 + t;
+        uint32_t x1 = x0 + t0[y];
+        uint32_t y1 = y + t1e[x1];
+        uint32_t x2 = x1 + t2e[y1];
+        uint64_t e = w[x2];
+        uint32_t y2 = modb[y1 + (uint32_t)((e >> 32) & 0xFFFF)];
+        uint32_t i = (uint32_t)e + y2;
+        idx[t] = i;
+        if (prefetch_base) __builtin_prefetch((const char *)prefetch_base + (size_t)i * esize, 1);
+        fix[nfix] = (uint16_t)t;
+        nfix += y2 >= (uint32_t)(e >> 48);
     }
-    return (ly->o + ((int64_t)x * ly->b + y) % ly->ring) % ly->ring;
+    for (uint32_t f = 0; f < nfix; f++) { /* rare: the element left [0, n); walk its cycle */
+        uint32_t t = fix[f];
+        idx[t] = slow_index(ly, x0, y0 + t);
+    }
 }
 
 /* ---- forward: out[j] = s(j) * (ring[(o + pi(j)) mod N] * m) ---- */
@@ -163,36 +217,31 @@ static void NAME(job_t *job, const chunk_t *ch) {                               
     const layer_t *ly = &job->layers[ch->layer];                                               \
     const T *ring = (const T *)job->ring;                                                      \
     const T m = ((const T *)job->mult)[ch->layer];                                             \
-    T *out = (T *)job->outs[ch->layer];                                                        \
+    T *out = (T *)job->ptrs[ch->layer];                                                        \
     const UINT signbit = (UINT)1 << (8 * sizeof(T) - 1);                                       \
     if (!ly->permute) {                                                                        \
-        int64_t idx = (ly->o + ch->lo % ly->ring) % ly->ring;                                  \
+        int64_t idx = (ly->o + ch->lo % job->N) % job->N;                                      \
         for (int64_t j = ch->lo; j < ch->hi; j++) {                                            \
             T v = ring[idx] * m;                                                               \
             if (ly->sign && (hash32((uint32_t)j, ly->ks) >> 31)) v = -v;                       \
             out[j] = v;                                                                        \
-            if (++idx == ly->ring) idx = 0;                                                    \
+            if (++idx == job->N) idx = 0;                                                      \
         }                                                                                      \
         return;                                                                                \
     }                                                                                          \
-    int64_t idxbuf[TILE];                                                                      \
-    const uint32_t b = (uint32_t)ly->b;                                                        \
-    const int64_t n = ly->n;                                                                   \
+    uint32_t idx[TILE];                                                                        \
+    const uint32_t b = ly->b;                                                                  \
+    const void *pf = job->prefetch ? (const void *)ring : NULL;                                \
     for (int64_t x0 = ch->lo; x0 < ch->hi; x0++) {                                             \
         int64_t j0 = x0 * (int64_t)b;                                                          \
-        uint32_t ylim = (uint32_t)(n - j0 < (int64_t)b ? n - j0 : (int64_t)b);                 \
+        uint32_t ylim = (uint32_t)(ly->n - j0 < (int64_t)b ? ly->n - j0 : (int64_t)b);         \
         for (uint32_t y0 = 0; y0 < ylim; y0 += TILE) {                                         \
             uint32_t cnt = ylim - y0 < TILE ? ylim - y0 : TILE;                                \
-            for (uint32_t t = 0; t < cnt; t++) {                                               \
-                uint32_t x = (uint32_t)x0, y = y0 + t;                                         \
-                rounds_fwd(ly, &x, &y);                                                        \
-                if ((int64_t)x * b + y >= n) walk(ly, &x, &y, 0);                              \
-                idxbuf[t] = ring_index(ly, x, y);                                              \
-            }                                                                                  \
-            T *o = out + j0 + y0;                                                              \
-            for (uint32_t t = 0; t < cnt; t++) o[t] = ring[idxbuf[t]] * m;                     \
+            tile_indices(ly, (uint32_t)x0, y0, cnt, idx, pf, (int)sizeof(T));                  \
+            T *restrict o = out + j0 + y0;                                                     \
+            for (uint32_t t = 0; t < cnt; t++) o[t] = ring[idx[t]] * m;                        \
             if (ly->sign) {                                                                    \
-                UINT *ob = (UINT *)o;                                                          \
+                UINT *restrict ob = (UINT *)o;                                                 \
                 uint32_t jb = (uint32_t)(j0 + y0);                                             \
                 for (uint32_t t = 0; t < cnt; t++)                                             \
                     ob[t] ^= (UINT)(hash32(jb + t, ly->ks) >> 31) * signbit;                   \
@@ -204,52 +253,44 @@ static void NAME(job_t *job, const chunk_t *ch) {                               
 DEFINE_FORWARD(forward_chunk_f32, float, uint32_t)
 DEFINE_FORWARD(forward_chunk_f64, double, uint64_t)
 
-/* ---- backward: acc[(o + pi(j)) mod N] += s(j) * (g[j] * m).  The weight gradient is read in order
-   and accumulated into a ring-sized buffer private to each thread (cache-resident for small rings);
-   the buffers are summed in thread order, so the result is deterministic for a given thread count.
-   (The GPU kernel gathers through pi^-1 instead: there, random reads are cheap and scatters are not.) ---- */
+/* ---- backward: acc[(o + pi(j)) mod N] += s(j) * (g[j] * m), into a padded private buffer ---- */
 
 #define DEFINE_BACKWARD(NAME, T, UINT)                                                         \
-static void NAME(job_t *job, const chunk_t *ch, T *acc) {                                      \
+static void NAME(job_t *job, const chunk_t *ch, T *restrict acc) {                             \
     const layer_t *ly = &job->layers[ch->layer];                                               \
-    const T *g = (const T *)job->outs[ch->layer];                                              \
+    const T *g = (const T *)job->ptrs[ch->layer];                                              \
     const T m = ((const T *)job->mult)[ch->layer];                                             \
     const UINT signbit = (UINT)1 << (8 * sizeof(T) - 1);                                       \
     if (!g) return;                                                                            \
     if (!ly->permute) {                                                                        \
-        int64_t idx = (ly->o + ch->lo % ly->ring) % ly->ring;                                  \
+        int64_t idx = (ly->o + ch->lo % job->N) % job->N;                                      \
         for (int64_t j = ch->lo; j < ch->hi; j++) {                                            \
             T v = g[j] * m;                                                                    \
             if (ly->sign && (hash32((uint32_t)j, ly->ks) >> 31)) v = -v;                       \
             acc[idx] += v;                                                                     \
-            if (++idx == ly->ring) idx = 0;                                                    \
+            if (++idx == job->N) idx = 0;                                                      \
         }                                                                                      \
         return;                                                                                \
     }                                                                                          \
-    int64_t idxbuf[TILE];                                                                      \
+    uint32_t idx[TILE];                                                                        \
     T vbuf[TILE];                                                                              \
-    const uint32_t b = (uint32_t)ly->b;                                                        \
-    const int64_t n = ly->n;                                                                   \
+    const uint32_t b = ly->b;                                                                  \
+    const void *pf = job->prefetch ? (const void *)acc : NULL;                                 \
     for (int64_t x0 = ch->lo; x0 < ch->hi; x0++) {                                             \
         int64_t j0 = x0 * (int64_t)b;                                                          \
-        uint32_t ylim = (uint32_t)(n - j0 < (int64_t)b ? n - j0 : (int64_t)b);                 \
+        uint32_t ylim = (uint32_t)(ly->n - j0 < (int64_t)b ? ly->n - j0 : (int64_t)b);         \
         for (uint32_t y0 = 0; y0 < ylim; y0 += TILE) {                                         \
             uint32_t cnt = ylim - y0 < TILE ? ylim - y0 : TILE;                                \
-            for (uint32_t t = 0; t < cnt; t++) {                                               \
-                uint32_t x = (uint32_t)x0, y = y0 + t;                                         \
-                rounds_fwd(ly, &x, &y);                                                        \
-                if ((int64_t)x * b + y >= n) walk(ly, &x, &y, 0);                              \
-                idxbuf[t] = ring_index(ly, x, y);                                              \
-            }                                                                                  \
-            const T *gi = g + j0 + y0;                                                         \
+            tile_indices(ly, (uint32_t)x0, y0, cnt, idx, pf, (int)sizeof(T));                  \
+            const T *restrict gi = g + j0 + y0;                                                \
             for (uint32_t t = 0; t < cnt; t++) vbuf[t] = gi[t] * m;                            \
             if (ly->sign) {                                                                    \
-                UINT *vb = (UINT *)vbuf;                                                       \
+                UINT *restrict vb = (UINT *)vbuf;                                              \
                 uint32_t jb = (uint32_t)(j0 + y0);                                             \
                 for (uint32_t t = 0; t < cnt; t++)                                             \
                     vb[t] ^= (UINT)(hash32(jb + t, ly->ks) >> 31) * signbit;                   \
             }                                                                                  \
-            for (uint32_t t = 0; t < cnt; t++) acc[idxbuf[t]] += vbuf[t];                      \
+            for (uint32_t t = 0; t < cnt; t++) acc[idx[t]] += vbuf[t];                         \
         }                                                                                      \
     }                                                                                          \
 }
@@ -275,6 +316,8 @@ typedef struct { job_t *job; int64_t c0, c1; void *acc; } part_t;
 static void *backward_worker(void *arg) {
     part_t *part = (part_t *)arg;
     job_t *job = part->job;
+    size_t esize = job->dtype == 0 ? sizeof(float) : sizeof(double);
+    memset(part->acc, 0, (size_t)(job->N + job->pad) * esize);
     for (int64_t c = part->c0; c < part->c1; c++) {
         if (job->dtype == 0) backward_chunk_f32(job, &job->chunks[c], (float *)part->acc);
         else backward_chunk_f64(job, &job->chunks[c], (double *)part->acc);
@@ -282,26 +325,46 @@ static void *backward_worker(void *arg) {
     return NULL;
 }
 
-static void run_threads(void *(*fn)(void *), job_t *job, int nthreads) {
-    pthread_t tid[64];
-    int started = 0;
-    if (nthreads > 64) nthreads = 64;
-    for (int t = 1; t < nthreads; t++)
-        if (pthread_create(&tid[started], NULL, fn, job) == 0) started++;
-    fn(job);
-    for (int t = 0; t < started; t++) pthread_join(tid[t], NULL);
+static int clamp_threads(int nthreads, int64_t work) {
+    if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
+    if ((int64_t)nthreads * 4 * CHUNK_ELEMS > work) nthreads = (int)(work / (4 * CHUNK_ELEMS)) + 1;
+    return nthreads < 1 ? 1 : nthreads;
 }
 
-int rpg_abi_version(void) { return 1; }
+static void run_threads(void *(*fn)(void *), void *args, size_t stride, int nthreads) {
+    pthread_t tid[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    for (int t = 1; t < nthreads; t++)
+        started[t] = pthread_create(&tid[t], NULL, fn, (char *)args + t * stride) == 0;
+    fn(args);
+    for (int t = 1; t < nthreads; t++) {
+        if (started[t]) pthread_join(tid[t], NULL);
+        else fn((char *)args + t * stride);
+    }
+}
+
+int rpg_abi_version(void) { return 2; }
 
 int rpg_forward(int dtype, const void *ring, int64_t N, int64_t L, const int64_t *meta,
                 const void *mult, void **outs, int nthreads) {
     job_t job;
     memset(&job, 0, sizeof(job));
-    job.L = L; job.N = N; job.ring = ring; job.mult = mult; job.outs = outs; job.dtype = dtype;
-    if (setup(&job, meta, 1, CHUNK_ELEMS)) { free_job(&job); return 1; }
-    int64_t work = job.nchunks;
-    run_threads(forward_worker, &job, work < nthreads ? (int)(work > 0 ? work : 1) : nthreads);
+    job.L = L; job.N = N; job.mult = mult; job.ptrs = outs; job.dtype = dtype;
+    if (setup(&job, meta)) { free_job(&job); return 1; }
+    size_t esize = dtype == 0 ? sizeof(float) : sizeof(double);
+    char *padded = (char *)malloc((size_t)(N + job.pad) * esize);
+    if (!padded) { free_job(&job); return 1; }
+    for (int64_t i = 0; i < N + job.pad; i += N) {
+        int64_t len = N + job.pad - i < N ? N + job.pad - i : N;
+        memcpy(padded + (size_t)i * esize, ring, (size_t)len * esize);
+    }
+    job.ring = padded;
+    job.prefetch = (int64_t)esize * N > PREFETCH_BYTES;
+    int64_t total = 0;
+    for (int64_t l = 0; l < L; l++) total += job.layers[l].n;
+    nthreads = clamp_threads(nthreads, total);
+    run_threads(forward_worker, &job, 0, nthreads); /* stride 0: every thread shares the job */
+    free(padded);
     free_job(&job);
     return 0;
 }
@@ -310,52 +373,51 @@ int rpg_backward(int dtype, void *acc, int64_t N, int64_t L, const int64_t *meta
                  const void *mult, void **grads, int nthreads) {
     job_t job;
     memset(&job, 0, sizeof(job));
-    job.L = L; job.N = N; job.mult = mult; job.outs = grads; job.acc = acc; job.dtype = dtype;
-    if (setup(&job, meta, 1, CHUNK_ELEMS)) { free_job(&job); return 1; }
+    job.L = L; job.N = N; job.mult = mult; job.ptrs = grads; job.dtype = dtype;
+    if (setup(&job, meta)) { free_job(&job); return 1; }
+    size_t esize = dtype == 0 ? sizeof(float) : sizeof(double);
+    job.prefetch = (int64_t)esize * N > PREFETCH_BYTES;
     /* static partition of the chunks by element count: deterministic for a given thread count */
     int64_t total = 0;
     for (int64_t l = 0; l < L; l++) if (grads[l]) total += job.layers[l].n;
-    if (nthreads > 64) nthreads = 64;
-    if (nthreads < 1) nthreads = 1;
-    if ((int64_t)nthreads * 4 * CHUNK_ELEMS > total) nthreads = (int)(total / (4 * CHUNK_ELEMS)) + 1;
-    size_t esize = dtype == 0 ? sizeof(float) : sizeof(double);
-    part_t parts[64];
-    void *priv = nthreads > 1 ? calloc((size_t)(nthreads - 1) * (size_t)N, esize) : NULL;
-    if (nthreads > 1 && !priv) nthreads = 1;
+    nthreads = clamp_threads(nthreads, total);
+    size_t len = (size_t)(N + job.pad);
+    char *priv = (char *)malloc((size_t)nthreads * len * esize);
+    if (!priv) { free_job(&job); return 1; }
+    part_t parts[MAX_THREADS];
     int64_t c = 0, seen = 0;
     for (int t = 0; t < nthreads; t++) {
         parts[t].job = &job;
-        parts[t].acc = t == 0 ? acc : (char *)priv + (size_t)(t - 1) * (size_t)N * esize;
+        parts[t].acc = priv + (size_t)t * len * esize;
         parts[t].c0 = c;
         int64_t goal = total * (t + 1) / nthreads;
         while (c < job.nchunks && (t == nthreads - 1 || seen < goal)) {
             const chunk_t *ch = &job.chunks[c];
             const layer_t *ly = &job.layers[ch->layer];
             if (grads[ch->layer]) {
-                int64_t lo = ly->permute ? ch->lo * ly->b : ch->lo;
-                int64_t hi = ly->permute ? ch->hi * ly->b : ch->hi;
+                int64_t lo = ly->permute ? ch->lo * (int64_t)ly->b : ch->lo;
+                int64_t hi = ly->permute ? ch->hi * (int64_t)ly->b : ch->hi;
                 seen += (hi < ly->n ? hi : ly->n) - lo;
             }
             c++;
         }
         parts[t].c1 = c;
     }
-    pthread_t tid[64];
-    int started[64] = {0};
-    for (int t = 1; t < nthreads; t++)
-        started[t] = pthread_create(&tid[t], NULL, backward_worker, &parts[t]) == 0;
-    backward_worker(&parts[0]);
-    for (int t = 1; t < nthreads; t++) {
-        if (started[t]) pthread_join(tid[t], NULL);
-        else backward_worker(&parts[t]);
-    }
-    for (int t = 1; t < nthreads; t++) {
-        if (dtype == 0) {
-            float *d = (float *)acc, *s = (float *)parts[t].acc;
+    run_threads(backward_worker, parts, sizeof(part_t), nthreads);
+    /* acc[i] = sum over threads (in order) of the private buffers, their padding folded back */
+    if (dtype == 0) {
+        float *d = (float *)acc;
+        for (int t = 0; t < nthreads; t++) {
+            const float *s = (const float *)parts[t].acc;
             for (int64_t i = 0; i < N; i++) d[i] += s[i];
-        } else {
-            double *d = (double *)acc, *s = (double *)parts[t].acc;
+            for (int64_t i = N; i < (int64_t)len; i++) d[i % N] += s[i];
+        }
+    } else {
+        double *d = (double *)acc;
+        for (int t = 0; t < nthreads; t++) {
+            const double *s = (const double *)parts[t].acc;
             for (int64_t i = 0; i < N; i++) d[i] += s[i];
+            for (int64_t i = N; i < (int64_t)len; i++) d[i % N] += s[i];
         }
     }
     free(priv);

@@ -4,10 +4,12 @@ Why not ``torch.utils.cpp_extension``: the torch headers make a build take tens 
 2-core machine; this plain C file (no torch headers, pthreads only) builds in about half a
 second and is cached on disk, keyed by the source, the compiler, its flags and the CPU.
 
-If no C compiler is available, or building/loading fails, :func:`available` is False and the
-caller falls back to the pure-PyTorch reference (:mod:`rpg_hf.ring`).  ``RPG_HF_CPU_CC`` picks
-the compiler (default ``$CC`` or ``cc``); ``RPG_HF_CACHE_DIR`` the cache (default
-``$XDG_CACHE_HOME/rpg_hf`` or ``~/.cache/rpg_hf``).
+If no C compiler is available, or building/loading fails, :func:`available` is False (with one
+RuntimeWarning) and the caller falls back to the pure-PyTorch reference (:mod:`rpg_hf.ring`).
+``RPG_HF_CPU_CC`` picks the compiler (default ``$CC``, else ``cc``/``gcc``); ``RPG_HF_CACHE_DIR``
+the cache (default ``$XDG_CACHE_HOME/rpg_hf`` or ``~/.cache/rpg_hf``, then a private temp dir).
+The library is built with ``-march=native`` first (the cache key includes the CPU's model and
+flags), then without it.
 """
 
 from __future__ import annotations
@@ -46,12 +48,14 @@ def _cpu_id() -> str:
         return platform.processor() or platform.machine()
 
 
-def _cache_dir() -> Path:
+def _cache_dirs() -> list[Path]:
+    """Where the built library is cached: $RPG_HF_CACHE_DIR, else the user cache, else a private tmp dir."""
     env = os.environ.get("RPG_HF_CACHE_DIR")
     if env:
-        return Path(env)
+        return [Path(env)]
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "rpg_hf"
+    uid = os.getuid() if hasattr(os, "getuid") else "user"
+    return [Path(base) / "rpg_hf", Path(tempfile.gettempdir()) / f"rpg_hf-{uid}"]
 
 
 def _compiler() -> str | None:
@@ -67,7 +71,7 @@ def _compiler_version(cc: str) -> str:
 
 
 def _build(cc: str, flags: list[str], target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         src = Path(tmp) / "rpg_cpu.c"
         src.write_text(SOURCE)
@@ -85,7 +89,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.rpg_forward.restype = c_int
     lib.rpg_backward.argtypes = [c_int, ptr, i64, i64, ptr, ptr, ptr, c_int]
     lib.rpg_backward.restype = c_int
-    if lib.rpg_abi_version() != 1:
+    if lib.rpg_abi_version() != 2:
         raise RuntimeError("unexpected rpg_cpu ABI version")
     return lib
 
@@ -103,11 +107,13 @@ def load() -> ctypes.CDLL | None:
             if cc is None:
                 raise RuntimeError("no C compiler found (set RPG_HF_CPU_CC or CC)")
             errors = []
-            for flags in (_FLAGS + _NATIVE, _FLAGS):
+            version = _compiler_version(cc)
+            attempts = [(flags, d) for flags in (_FLAGS + _NATIVE, _FLAGS) for d in _cache_dirs()]
+            for flags, cache in attempts:  # -march=native first; a read-only cache: the next directory
                 key = hashlib.sha256(
-                    "\0".join([SOURCE, cc, _compiler_version(cc), *flags, platform.machine(), _cpu_id()]).encode()
+                    "\0".join([SOURCE, cc, version, *flags, platform.machine(), _cpu_id()]).encode()
                 ).hexdigest()[:20]
-                target = _cache_dir() / f"rpg_cpu_{key}.so"
+                target = cache / f"rpg_cpu_{key}.so"
                 try:
                     if not target.exists():
                         _build(cc, flags, target)
@@ -139,8 +145,12 @@ def error() -> str | None:
 _DTYPES = {torch.float32: 0, torch.float64: 1}
 
 
-def supports(ring: torch.Tensor) -> bool:
-    return ring.device.type == "cpu" and ring.dtype in _DTYPES and available()
+def supports(ring: torch.Tensor, plan: RingPlan | None = None) -> bool:
+    if ring.device.type != "cpu" or ring.dtype not in _DTYPES:
+        return False
+    if plan is not None and plan.ring_size >= 2**31:
+        return False
+    return available()
 
 
 def _threads() -> int:
@@ -151,27 +161,18 @@ def _ptrs(tensors) -> ctypes.Array:
     return (ctypes.c_void_p * max(1, len(tensors)))(*[(t.data_ptr() if t is not None else None) for t in tensors])
 
 
-def forward(ring: torch.Tensor, plan: RingPlan, dtype: torch.dtype | None = None, flat: bool = False):
-    """Every layer of ``plan`` generated from ``ring`` (a CPU float32/float64 tensor).
-
-    Returns one tensor per layer, or with ``flat=True`` one tensor holding all layers end to end.
-    """
+def forward(ring: torch.Tensor, plan: RingPlan, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, ...]:
+    """Every layer of ``plan`` generated from ``ring`` (a CPU float32/float64 tensor), one tensor each."""
     lib = load()
     assert lib is not None and ring.dtype in _DTYPES
     ring = ring.detach().contiguous()
-    if flat:
-        buf = torch.empty(plan.total, dtype=ring.dtype)
-        outs = list(buf.split(plan.numels))
-    else:
-        outs = [torch.empty(shape, dtype=ring.dtype) for shape in plan.shapes]
+    outs = [torch.empty(shape, dtype=ring.dtype) for shape in plan.shapes]
     mult = plan.mult(ring.dtype)
     meta = plan.meta
     rc = lib.rpg_forward(_DTYPES[ring.dtype], ring.data_ptr(), plan.ring_size, plan.num_layers,
                          meta.data_ptr(), mult.data_ptr(), _ptrs(outs), _threads())
     if rc != 0:
         raise MemoryError("rpg_forward: out of memory for its scratch tables")
-    if flat:
-        return buf if dtype is None or dtype == buf.dtype else buf.to(dtype)
     if dtype is not None and dtype != ring.dtype:
         outs = [o.to(dtype) for o in outs]
     return tuple(outs)

@@ -10,11 +10,12 @@ Backends (``RPG_HF_BACKEND=auto|torch|cpu|triton``, default ``auto``):
 ``auto`` picks triton for CUDA rings when triton imports, cpu for CPU rings when the C library
 builds, else torch.  Forcing a backend that cannot run raises.
 
-Eager mode uses :class:`_ExpandRingFused` (one autograd node per ring; the backward receives the
-per-layer gradients as they are, nothing is concatenated).  Under ``torch.compile`` the same work
-is the custom op ``rpg_hf::expand_ring`` (flat output, split into views outside the op) with its
-backward ``rpg_hf::expand_ring_backward``, both with fake implementations, so Dynamo sees no
-data-dependent control flow and does not break the graph inside the generator.
+Every backend returns one new tensor per layer (no views of a shared buffer) and takes the
+per-layer weight gradients as they come (nothing is concatenated).  Eager mode wraps it in
+:class:`_ExpandRingFused` (one autograd node per ring).  Under ``torch.compile`` the same work is
+the custom op ``rpg_hf::expand_ring`` (``Tensor[]`` out) with its backward
+``rpg_hf::expand_ring_backward`` (``Tensor?[]`` in), both with fake implementations, so Dynamo
+sees no data-dependent control flow and does not break the graph inside the generator.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from torch.autograd.function import once_differentiable
 from ..generator import MASK32, MASK64
 from ..ring import LayerSlot, fold_window, generate_layer, window_grad
 from . import cpu, triton_ring
-from .plan import RingPlan, get_plan, split_flat
+from .plan import RingPlan, get_plan
 
 BACKEND_ENV = "RPG_HF_BACKEND"
 BACKENDS = ("auto", "torch", "cpu", "triton")
@@ -41,28 +42,28 @@ def requested_backend() -> str:
     return value
 
 
-def select_backend(ring: torch.Tensor, plan: RingPlan) -> str:
-    """The backend that generates ``plan`` from ``ring`` (see the module docstring)."""
+def select_backend(ring: torch.Tensor, plan: RingPlan, dtype: torch.dtype | None = None) -> str:
+    """The backend that generates ``plan`` from ``ring`` into ``dtype`` (see the module docstring)."""
     want = requested_backend()
     if want == "torch":
         return "torch"
     if want == "triton":
-        if not triton_ring.supports(ring, plan):
+        if not triton_ring.supports(ring, plan, dtype):
             raise RuntimeError(
                 f"{BACKEND_ENV}=triton, but triton cannot run here (triton importable: {triton_ring.HAVE_TRITON}, "
                 f"ring on {ring.device} {ring.dtype}; CPU tensors need TRITON_INTERPRET=1)"
             )
         return "triton"
     if want == "cpu":
-        if not cpu.supports(ring):
+        if not cpu.supports(ring, plan):
             raise RuntimeError(
                 f"{BACKEND_ENV}=cpu, but the C kernels cannot run here (ring on {ring.device} {ring.dtype}; "
                 f"library: {cpu.error() or 'ok'})"
             )
         return "cpu"
-    if ring.is_cuda and triton_ring.supports(ring, plan):
+    if ring.is_cuda and triton_ring.supports(ring, plan, dtype):
         return "triton"
-    if ring.device.type == "cpu" and cpu.supports(ring):
+    if ring.device.type == "cpu" and cpu.supports(ring, plan):
         return "cpu"
     return "torch"
 
@@ -71,24 +72,13 @@ def select_backend(ring: torch.Tensor, plan: RingPlan) -> str:
 
 
 def _forward(backend: str, ring: torch.Tensor, plan: RingPlan, dtype) -> tuple[torch.Tensor, ...]:
+    """One new tensor per layer (never views of one another)."""
     if backend == "cpu":
         return cpu.forward(ring, plan, dtype)
     if backend == "triton":
-        return split_flat(triton_ring.forward_flat(ring, plan, dtype), plan)
+        return triton_ring.forward(ring, plan, dtype)
     with torch.no_grad():
         return tuple(generate_layer(ring, s, dtype) for s in plan.slots)
-
-
-def _forward_flat(backend: str, ring: torch.Tensor, plan: RingPlan, dtype) -> torch.Tensor:
-    if backend == "triton":
-        return triton_ring.forward_flat(ring, plan, dtype)
-    if backend == "cpu":
-        return cpu.forward(ring, plan, dtype, flat=True)
-    with torch.no_grad():
-        out = torch.empty(plan.total, dtype=dtype or ring.dtype, device=ring.device)
-        for s, off in zip(plan.slots, plan.offsets, strict=True):
-            out[off : off + s.numel] = generate_layer(ring, s, dtype).reshape(-1)
-        return out
 
 
 def _backward(backend: str, grads, plan: RingPlan, ring_dtype: torch.dtype, device) -> torch.Tensor:
@@ -126,62 +116,84 @@ class _ExpandRingFused(torch.autograd.Function):
 # --------------------------------------------------------------------------- custom ops (torch.compile)
 
 
-def _describe(slots: tuple[LayerSlot, ...]) -> tuple[list[int], list[float]]:
-    """Plain ints/floats that rebuild ``slots`` (the custom op's arguments; no objects)."""
-    seed = slots[0].seed & MASK64 if slots else 0
-    desc = [(seed >> 32) & MASK32, seed & MASK32]
+def _describe(slots: tuple[LayerSlot, ...]) -> tuple[list[int], list[float], list[int]]:
+    """Plain ints/floats that rebuild ``slots``: the custom op's arguments (no Python objects).
+
+    ``desc`` = per layer: position, start, flags, seed (two 32-bit halves: the keys use seed mod 2**64);
+    ``shapes`` = per layer its number of dimensions followed by the dimensions.
+    """
+    desc: list[int] = []
+    shapes: list[int] = []
     for s in slots:
-        desc += [s.position, s.numel, s.start, int(s.permute) | (int(s.sign_flip) << 1)]
-    return desc, [float(s.multiplier) for s in slots]
+        seed = s.seed & MASK64
+        desc += [s.position, s.start, int(s.permute) | (int(s.sign_flip) << 1), seed >> 32, seed & MASK32]
+        shapes += [len(s.shape), *s.shape]
+    return desc, [float(s.multiplier) for s in slots], shapes
+
+
+def _unpack_shapes(shapes) -> list[tuple[int, ...]]:
+    out, i = [], 0
+    while i < len(shapes):
+        ndim = shapes[i]
+        out.append(tuple(shapes[i + 1 : i + 1 + ndim]))
+        i += 1 + ndim
+    return out
 
 
 @functools.lru_cache(maxsize=256)
-def _plan_from_desc(desc: tuple[int, ...], mults: tuple[float, ...], ring_size: int) -> RingPlan:
-    seed = (desc[0] << 32) | desc[1]
+def _plan_from_desc(desc: tuple[int, ...], mults: tuple[float, ...], shapes: tuple[int, ...], ring_size: int):
     slots = tuple(
-        LayerSlot(desc[i], (desc[i + 1],), desc[i + 2], m, seed, bool(desc[i + 3] & 1), bool(desc[i + 3] & 2))
-        for i, m in zip(range(2, len(desc), 4), mults, strict=True)
+        LayerSlot(desc[i], shape, desc[i + 1], m, (desc[i + 3] << 32) | desc[i + 4], bool(desc[i + 2] & 1),
+                  bool(desc[i + 2] & 2))
+        for i, m, shape in zip(range(0, len(desc), 5), mults, _unpack_shapes(shapes), strict=True)
     )
     return get_plan(slots, ring_size)
 
 
 @torch.library.custom_op("rpg_hf::expand_ring", mutates_args=())
-def expand_ring_op(ring: torch.Tensor, desc: list[int], mults: list[float], dtype: torch.dtype | None) -> torch.Tensor:
-    """All layers described by ``desc`` end to end in one flat tensor (see :func:`_describe`)."""
-    plan = _plan_from_desc(tuple(desc), tuple(mults), ring.numel())
-    return _forward_flat(select_backend(ring, plan), ring, plan, dtype)
+def expand_ring_op(
+    ring: torch.Tensor, desc: list[int], mults: list[float], shapes: list[int], dtype: torch.dtype | None
+) -> list[torch.Tensor]:
+    """Every layer described by ``desc``/``shapes`` (see :func:`_describe`), one tensor each."""
+    plan = _plan_from_desc(tuple(desc), tuple(mults), tuple(shapes), ring.numel())
+    return list(_forward(select_backend(ring, plan, dtype), ring, plan, dtype))
 
 
 @expand_ring_op.register_fake
-def _(ring, desc, mults, dtype):
-    total = sum(desc[3::4])
-    return ring.new_empty(total, dtype=dtype or ring.dtype)
+def _(ring, desc, mults, shapes, dtype):
+    return [ring.new_empty(shape, dtype=dtype or ring.dtype) for shape in _unpack_shapes(shapes)]
 
 
 @torch.library.custom_op("rpg_hf::expand_ring_backward", mutates_args=())
 def expand_ring_backward_op(
-    grad: torch.Tensor, ring_size: int, desc: list[int], mults: list[float], ring_dtype: torch.dtype
+    grads: list[torch.Tensor | None], ring_size: int, desc: list[int], mults: list[float], shapes: list[int],
+    ring_dtype: torch.dtype,
 ) -> torch.Tensor:
-    plan = _plan_from_desc(tuple(desc), tuple(mults), ring_size)
-    probe = torch.empty(0, dtype=ring_dtype, device=grad.device)
-    backend = select_backend(probe, plan)
-    grads = grad.split(plan.numels)
-    return _backward(backend, grads, plan, ring_dtype, grad.device)
+    """dL/dring from the per-layer weight gradients (None: no gradient)."""
+    plan = _plan_from_desc(tuple(desc), tuple(mults), tuple(shapes), ring_size)
+    device = next(g.device for g in grads if g is not None)
+    backend = select_backend(torch.empty(0, dtype=ring_dtype, device=device), plan)
+    return _backward(backend, grads, plan, ring_dtype, device)
 
 
 @expand_ring_backward_op.register_fake
-def _(grad, ring_size, desc, mults, ring_dtype):
-    return grad.new_empty(ring_size, dtype=ring_dtype)
+def _(grads, ring_size, desc, mults, shapes, ring_dtype):
+    g = next(g for g in grads if g is not None)
+    return g.new_empty(ring_size, dtype=ring_dtype)
 
 
 def _setup_context(ctx, inputs, output):
-    ring, desc, mults, _ = inputs
-    ctx.desc, ctx.mults, ctx.ring_size, ctx.ring_dtype = desc, mults, ring.numel(), ring.dtype
+    ring, desc, mults, shapes, _ = inputs
+    ctx.args = (desc, mults, shapes)
+    ctx.ring_size, ctx.ring_dtype = ring.numel(), ring.dtype
 
 
-def _op_backward(ctx, grad):
-    ring_grad = torch.ops.rpg_hf.expand_ring_backward(grad, ctx.ring_size, ctx.desc, ctx.mults, ctx.ring_dtype)
-    return ring_grad, None, None, None
+def _op_backward(ctx, grads):
+    if all(g is None for g in grads):
+        return None, None, None, None, None
+    desc, mults, shapes = ctx.args
+    ring_grad = torch.ops.rpg_hf.expand_ring_backward(list(grads), ctx.ring_size, desc, mults, shapes, ctx.ring_dtype)
+    return ring_grad, None, None, None, None
 
 
 expand_ring_op.register_autograd(_op_backward, setup_context=_setup_context)
@@ -194,12 +206,10 @@ def expand(ring: torch.Tensor, slots, dtype: torch.dtype | None = None) -> tuple
     """Generate every layer of ``slots`` from ``ring`` with the selected backend; differentiable."""
     slots = tuple(slots)
     if torch.compiler.is_compiling():
-        desc, mults = _describe(slots)
-        flat = torch.ops.rpg_hf.expand_ring(ring, desc, mults, dtype)
-        shapes = [tuple(s.shape) for s in slots]
-        return tuple(p.view(shape) for p, shape in zip(flat.split([s.numel for s in slots]), shapes, strict=True))
+        desc, mults, shapes = _describe(slots)
+        return tuple(torch.ops.rpg_hf.expand_ring(ring, desc, mults, shapes, dtype))
     plan = get_plan(slots, ring.numel())
-    backend = select_backend(ring, plan)
+    backend = select_backend(ring, plan, dtype)
     if torch.is_grad_enabled() and ring.requires_grad:
         if backend == "torch":
             from ..ring import _ExpandRing

@@ -9,7 +9,6 @@ cached per (slots, ring size); the device copies of the table are cached on the 
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Sequence
 
 import torch
@@ -32,7 +31,6 @@ class RingPlan:
         self.ring_size = ring_size
         self.shapes = tuple(tuple(s.shape) for s in slots)
         self.numels = tuple(s.numel for s in slots)
-        self.offsets = tuple(int(x) for x in _cumsum(self.numels))  # flat-buffer offset of each layer
         self.total = sum(self.numels)
         rows = []
         for s in slots:
@@ -73,14 +71,6 @@ class RingPlan:
         return max(((row[3] + row[0] + n_ring - 1) // n_ring) for row in self.meta_rows)
 
 
-def _cumsum(xs: Sequence[int]) -> list[int]:
-    out, acc = [], 0
-    for x in xs:
-        out.append(acc)
-        acc += x
-    return out
-
-
 @functools.lru_cache(maxsize=256)
 def _plan(slots: tuple[LayerSlot, ...], ring_size: int) -> RingPlan:
     return RingPlan(slots, ring_size)
@@ -90,11 +80,3 @@ def get_plan(slots: Sequence[LayerSlot], ring_size: int) -> RingPlan:
     """The (cached) plan of ``slots`` on a ring of ``ring_size`` entries."""
     return _plan(tuple(slots), int(ring_size))
 
-
-def split_flat(flat: torch.Tensor, plan: RingPlan) -> tuple[torch.Tensor, ...]:
-    """Per-layer views (in the layers' shapes) of a flat buffer laid out as ``plan.offsets``."""
-    return tuple(p.view(shape) for p, shape in zip(flat.split(plan.numels), plan.shapes, strict=True))
-
-
-def numel(shape: Sequence[int]) -> int:
-    return math.prod(shape)
