@@ -203,5 +203,8 @@ def test_claim_verdicts_are_computed_from_the_numbers():
     verdicts = {c["claim"]: c for c in sweep.claims(groups, fits, ["r18", "r34"],
                                                     {"arch": "r18", "dof": 10000, "plain_sharing": "plain-sharing"})}
     assert verdicts[1]["verdict"] == "not reproduced"
+    groups[4] = g("r18", "vanilla", 10000, 0.855, std=0.01, role="equal_dof", width=2)  # a win within the spread
+    verdict = sweep.claims(groups, fits, ["r18", "r34"], None)[0]
+    assert verdict["verdict"] == "partly reproduced" and "1 of 1 equal-DoF comparisons, 0 of them" in verdict["text"]
     assert verdicts[2]["verdict"] == "partly reproduced"
     assert verdicts[4]["verdict"] == "direction only (within the seed spread)"

@@ -23,9 +23,10 @@ scalar code below runs at ~3 ns/element/thread, AVX2 gathers were not faster):
 * Elements that leave ``[0, n)`` (``x2 ≡ a-1``, ``y2 >=`` threshold: fewer than 1 in ``a``) are
   listed and recomputed with plain rounds and cycle walking.
 * Forward: sequential writes; the ring (cache-resident for small rings, prefetched for large
-  ones) is gathered.  Backward: the weight gradient is read in order and scatter-added into a
-  ring-sized buffer private to each thread, summed in thread order afterwards (deterministic for a
-  given thread count).  The GPU kernel gathers through π⁻¹ instead (there, scatters need atomics).
+  ones) is gathered.  Backward: the weight gradient is read in order and scatter-added into
+  ring-sized buffers, one per *part* of the work (about 4 parts per thread, taken dynamically),
+  summed in part order afterwards: no atomics, deterministic for a given thread count.  The GPU
+  kernel gathers through π⁻¹ instead (there, scatters would need atomics).
 """
 
 SOURCE = r"""
@@ -311,16 +312,58 @@ static void *forward_worker(void *arg) {
     return NULL;
 }
 
-typedef struct { job_t *job; int64_t c0, c1; void *acc; } part_t;
+/* Backward work is cut into `nparts` parts (contiguous chunk ranges of about equal size), each
+   with its own padded accumulator; threads take parts dynamically, and the accumulators are summed
+   in part order afterwards, so the result depends on the part count only (fixed by the thread count). */
+typedef struct {
+    job_t *job;
+    int64_t nparts, next, len;  /* len: N + pad */
+    int64_t *c0;                /* part p covers chunks [c0[p], c0[p + 1]) */
+    char *bufs;                 /* nparts accumulators of len elements */
+    void *acc;                  /* output: N elements */
+    int64_t rnext;              /* reduction work counter */
+} bwd_t;
+
+#define REDUCE_BLOCK 16384
 
 static void *backward_worker(void *arg) {
-    part_t *part = (part_t *)arg;
-    job_t *job = part->job;
+    bwd_t *w = (bwd_t *)arg;
+    job_t *job = w->job;
     size_t esize = job->dtype == 0 ? sizeof(float) : sizeof(double);
-    memset(part->acc, 0, (size_t)(job->N + job->pad) * esize);
-    for (int64_t c = part->c0; c < part->c1; c++) {
-        if (job->dtype == 0) backward_chunk_f32(job, &job->chunks[c], (float *)part->acc);
-        else backward_chunk_f64(job, &job->chunks[c], (double *)part->acc);
+    for (;;) {
+        int64_t p = __atomic_fetch_add(&w->next, 1, __ATOMIC_RELAXED);
+        if (p >= w->nparts) break;
+        void *buf = w->bufs + (size_t)p * (size_t)w->len * esize;
+        memset(buf, 0, (size_t)w->len * esize);
+        for (int64_t c = w->c0[p]; c < w->c0[p + 1]; c++) {
+            if (job->dtype == 0) backward_chunk_f32(job, &job->chunks[c], (float *)buf);
+            else backward_chunk_f64(job, &job->chunks[c], (double *)buf);
+        }
+    }
+    return NULL;
+}
+
+#define DEFINE_REDUCE(NAME, T)                                                                 \
+static void NAME(bwd_t *w, int64_t lo, int64_t hi) {                                           \
+    T *d = (T *)w->acc;                                                                        \
+    for (int64_t p = 0; p < w->nparts; p++) {                                                  \
+        const T *s = (const T *)w->bufs + (size_t)p * (size_t)w->len;                          \
+        for (int64_t i = lo; i < hi; i++) d[i] += s[i];                                        \
+    }                                                                                          \
+}
+DEFINE_REDUCE(reduce_f32, float)
+DEFINE_REDUCE(reduce_f64, double)
+
+static void *reduce_worker(void *arg) {
+    bwd_t *w = (bwd_t *)arg;
+    int64_t N = w->job->N;
+    for (;;) {
+        int64_t blk = __atomic_fetch_add(&w->rnext, 1, __ATOMIC_RELAXED);
+        int64_t lo = blk * REDUCE_BLOCK;
+        if (lo >= N) break;
+        int64_t hi = lo + REDUCE_BLOCK < N ? lo + REDUCE_BLOCK : N;
+        if (w->job->dtype == 0) reduce_f32(w, lo, hi);
+        else reduce_f64(w, lo, hi);
     }
     return NULL;
 }
@@ -343,7 +386,7 @@ static void run_threads(void *(*fn)(void *), void *args, size_t stride, int nthr
     }
 }
 
-int rpg_abi_version(void) { return 2; }
+int rpg_abi_version(void) { return 3; }
 
 int rpg_forward(int dtype, const void *ring, int64_t N, int64_t L, const int64_t *meta,
                 const void *mult, void **outs, int nthreads) {
@@ -377,21 +420,25 @@ int rpg_backward(int dtype, void *acc, int64_t N, int64_t L, const int64_t *meta
     if (setup(&job, meta)) { free_job(&job); return 1; }
     size_t esize = dtype == 0 ? sizeof(float) : sizeof(double);
     job.prefetch = (int64_t)esize * N > PREFETCH_BYTES;
-    /* static partition of the chunks by element count: deterministic for a given thread count */
     int64_t total = 0;
     for (int64_t l = 0; l < L; l++) if (grads[l]) total += job.layers[l].n;
     nthreads = clamp_threads(nthreads, total);
-    size_t len = (size_t)(N + job.pad);
-    char *priv = (char *)malloc((size_t)nthreads * len * esize);
-    if (!priv) { free_job(&job); return 1; }
-    part_t parts[MAX_THREADS];
+    bwd_t w;
+    memset(&w, 0, sizeof(w));
+    w.job = &job; w.acc = acc; w.len = N + job.pad;
+    /* 4 parts per thread for load balance, fewer when the accumulators would take over 32 MiB */
+    int64_t nparts = 4 * (int64_t)nthreads, cap = ((int64_t)32 << 20) / (w.len * (int64_t)esize);
+    if (nparts > cap) nparts = cap;
+    if (nparts < nthreads) nparts = nthreads;
+    w.nparts = nparts;
+    w.c0 = (int64_t *)malloc((size_t)(nparts + 1) * sizeof(int64_t));
+    w.bufs = (char *)malloc((size_t)nparts * (size_t)w.len * esize);
+    if (!w.c0 || !w.bufs) { free(w.c0); free(w.bufs); free_job(&job); return 1; }
     int64_t c = 0, seen = 0;
-    for (int t = 0; t < nthreads; t++) {
-        parts[t].job = &job;
-        parts[t].acc = priv + (size_t)t * len * esize;
-        parts[t].c0 = c;
-        int64_t goal = total * (t + 1) / nthreads;
-        while (c < job.nchunks && (t == nthreads - 1 || seen < goal)) {
+    for (int64_t p = 0; p < nparts; p++) {
+        w.c0[p] = c;
+        int64_t goal = total * (p + 1) / nparts;
+        while (c < job.nchunks && (p == nparts - 1 || seen < goal)) {
             const chunk_t *ch = &job.chunks[c];
             const layer_t *ly = &job.layers[ch->layer];
             if (grads[ch->layer]) {
@@ -401,26 +448,21 @@ int rpg_backward(int dtype, void *acc, int64_t N, int64_t L, const int64_t *meta
             }
             c++;
         }
-        parts[t].c1 = c;
     }
-    run_threads(backward_worker, parts, sizeof(part_t), nthreads);
-    /* acc[i] = sum over threads (in order) of the private buffers, their padding folded back */
-    if (dtype == 0) {
-        float *d = (float *)acc;
-        for (int t = 0; t < nthreads; t++) {
-            const float *s = (const float *)parts[t].acc;
-            for (int64_t i = 0; i < N; i++) d[i] += s[i];
-            for (int64_t i = N; i < (int64_t)len; i++) d[i % N] += s[i];
-        }
-    } else {
-        double *d = (double *)acc;
-        for (int t = 0; t < nthreads; t++) {
-            const double *s = (const double *)parts[t].acc;
-            for (int64_t i = 0; i < N; i++) d[i] += s[i];
-            for (int64_t i = N; i < (int64_t)len; i++) d[i % N] += s[i];
+    w.c0[nparts] = c;
+    run_threads(backward_worker, &w, 0, nthreads);
+    run_threads(reduce_worker, &w, 0, nthreads);  /* acc[i] = sum over parts, in part order */
+    for (int64_t p = 0; p < nparts; p++) {         /* the padding: ring entries (N + k) mod N */
+        if (dtype == 0) {
+            const float *s = (const float *)w.bufs + (size_t)p * (size_t)w.len;
+            for (int64_t k = N; k < w.len; k++) ((float *)acc)[k % N] += s[k];
+        } else {
+            const double *s = (const double *)w.bufs + (size_t)p * (size_t)w.len;
+            for (int64_t k = N; k < w.len; k++) ((double *)acc)[k % N] += s[k];
         }
     }
-    free(priv);
+    free(w.c0);
+    free(w.bufs);
     free_job(&job);
     return 0;
 }

@@ -89,7 +89,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.rpg_forward.restype = c_int
     lib.rpg_backward.argtypes = [c_int, ptr, i64, i64, ptr, ptr, ptr, c_int]
     lib.rpg_backward.restype = c_int
-    if lib.rpg_abi_version() != 2:
+    if lib.rpg_abi_version() != 3:
         raise RuntimeError("unexpected rpg_cpu ABI version")
     return lib
 
