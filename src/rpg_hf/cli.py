@@ -12,8 +12,9 @@ from pathlib import Path
 
 
 def _load(path_or_repo: str):
-    import rpg_hf  # noqa: F401  (registers model_type "rpg")
     from transformers import AutoModelForImageClassification
+
+    import rpg_hf  # noqa: F401  (registers model_type "rpg")
 
     return AutoModelForImageClassification.from_pretrained(path_or_repo)
 
