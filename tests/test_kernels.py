@@ -22,6 +22,12 @@ from rpg_hf.kernels.plan import get_plan
 from rpg_hf.ring import LayerSlot, _ExpandRing, expand_ring, fold_window, generate_layer, window_grad
 
 
+@pytest.fixture(autouse=True)
+def _auto_backend(monkeypatch):
+    """These tests choose backends themselves: ignore an RPG_HF_BACKEND set for the whole run."""
+    monkeypatch.delenv("RPG_HF_BACKEND", raising=False)
+
+
 def _slots(shapes, seed=3, flags=None, start=0, gap=0):
     """Layers laid end to end (``gap`` leaves holes: starts need not be contiguous)."""
     out = []

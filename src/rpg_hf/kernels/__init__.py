@@ -2,9 +2,21 @@
 
 ``expand(ring, slots, dtype)`` generates every layer of one ring with the fastest available
 backend and is differentiable w.r.t. the ring; :func:`rpg_hf.ring.expand_ring` calls it.  The
-pure-PyTorch code in :mod:`rpg_hf.ring` stays the reference: the kernels reproduce its forward bit
-for bit and its gradient to float32 rounding.  See :mod:`.ops` for the dispatch rules
-(``RPG_HF_BACKEND``), :mod:`.cpu` for the C kernels and :mod:`.triton_ring` for the GPU kernels.
+pure-PyTorch code in :mod:`rpg_hf.ring` stays the reference: the kernels reproduce its weights bit
+for bit and its ring gradient to float32 rounding.  No index table is ever stored: indices and
+signs are recomputed from the packed O(layers) table of a :class:`RingPlan`.
+
+* :mod:`.ops` — dispatch, the eager autograd node, the ``rpg_hf::expand_ring`` custom op
+  (``torch.compile`` sees no graph break inside the generator);
+* :mod:`.cpu` / :mod:`._csrc` — C kernels for CPU rings (built on first use, cached);
+* :mod:`.triton_ring` — Triton kernels for CUDA rings (one launch per ring forward and backward).
+
+Environment:
+
+``RPG_HF_BACKEND``      ``auto`` (default), ``torch`` (the reference), ``cpu`` or ``triton``
+``RPG_HF_CPU_CC``       C compiler for the CPU kernels (default ``$CC``, else ``cc``/``gcc``)
+``RPG_HF_CACHE_DIR``    where the built library is cached (default ``~/.cache/rpg_hf``)
+``RPG_HF_CPU_OPENMP``   ``0`` builds the CPU kernels without OpenMP (plain pthreads)
 """
 
 from .ops import BACKEND_ENV, BACKENDS, expand, requested_backend, select_backend

@@ -15,13 +15,14 @@ scalar code below runs at ~3 ns/element/thread, AVX2 gathers were not faster):
 * The Feistel round tables (``O(a + b)`` per layer, rebuilt each call: nothing is kept) are
   stored *extended* so that intermediate coordinates need no modular reduction:
   ``x1 = x0 + T0[y0] < 2a``, ``y1 = y0 + T1e[x1] < 2b`` (``T1e`` has ``2a`` entries),
-  ``x2 = x1 + T2e[y1] < 3a``, and one 64-bit entry ``W[x2]`` holds ``T3[x2 mod a]``, the row's
-  ring offset ``(o + (x2 mod a)·b) mod N`` and the cycle-walk threshold of the row;
+  ``x2 = x1 + T2e[y1] < 3a``, and one 64-bit entry ``W[x2]`` holds ``T3[x2 mod a]`` and the row's
+  ring offset ``(o + (x2 mod a)·b) mod N``;
   ``y2 = MODB[y1 + T3]`` (``3b`` entries).  The ring index is then ``R + y2 < N + b``: the ring is
   read through a copy padded with its own first ``b`` entries (and the gradient accumulated into
   a padded buffer whose tail is folded back), so no ``mod N`` either.
-* Elements that leave ``[0, n)`` (``x2 ≡ a-1``, ``y2 >=`` threshold: fewer than 1 in ``a``) are
-  listed and recomputed with plain rounds and cycle walking.
+* Elements that leave ``[0, n)`` (on the last, partial row ``x2 ≡ a-1`` beyond its length: fewer
+  than 1 in ``a``) are recomputed with plain rounds and cycle walking; they are found through a
+  flag bit (bit 31) that ``W`` sets on that row's ring offset, OR-ed over a tile.
 * Forward: sequential writes; the ring (cache-resident for small rings, prefetched for large
   ones) is gathered.  Backward: the weight gradient is read in order and scatter-added into
   ring-sized buffers, one per *part* of the work (about 4 parts per thread, taken dynamically),
@@ -34,6 +35,9 @@ SOURCE = r"""
 #include <stdlib.h>
 #include <string.h>
 #include <pthread.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define META_WIDTH 10
 #define CHUNK_ELEMS 16384
@@ -66,7 +70,8 @@ typedef struct {
     uint16_t *t1e;  /* [2a] round 1, indexed by x < 2a,  values < b */
     uint16_t *t2e;  /* [2b] round 2, indexed by y < 2b,  values < a */
     uint16_t *modb; /* [3b] v mod b */
-    uint64_t *w;    /* [3a] ring offset of row (x mod a) | round 3 << 32 | walk threshold << 48 */
+    uint64_t *w;    /* [3a] ring offset of row (x mod a), bit 31 set on a partial last row | round 3 << 32 */
+    uint32_t r_last, last; /* ring offset of the last row, and how many of its b entries are < n */
 } layer_t;
 
 typedef struct { int64_t layer, lo, hi; } chunk_t; /* rows [lo, hi) of a permuted layer, else elements */
@@ -135,14 +140,14 @@ static int setup(job_t *job, const int64_t *meta) {
                 ly->t2e[y] = ly->t2e[y + b] = (uint16_t)fastmod(hash32(y, k2), ma, a);
                 ly->modb[y] = ly->modb[y + b] = ly->modb[y + 2 * b] = (uint16_t)y;
             }
-            uint64_t last = (uint64_t)(ly->n - (int64_t)(a - 1) * b); /* rows < a-1 are full */
-            if (last > 0xFFFF) last = 0xFFFF;
+            ly->last = (uint32_t)(ly->n - (int64_t)(a - 1) * b); /* rows < a-1 are full */
             int64_t r = ly->o, step = (int64_t)b % N; /* r = (o + x * b) mod N, incrementally */
             for (uint32_t x = 0; x < a; x++) {
                 uint64_t t3 = fastmod(hash32(x, k3), mb, b);
-                uint64_t th = x == a - 1 ? last : 0xFFFF;
+                uint64_t flag = x == a - 1 && ly->last < b ? UINT64_C(0x80000000) : 0;
+                if (x == a - 1) ly->r_last = (uint32_t)r;
                 ly->t1e[x] = ly->t1e[x + a] = (uint16_t)fastmod(hash32(x, k1), mb, b);
-                ly->w[x] = ly->w[x + a] = ly->w[x + 2 * (size_t)a] = (uint64_t)r | (t3 << 32) | (th << 48);
+                ly->w[x] = ly->w[x + a] = ly->w[x + 2 * (size_t)a] = (uint64_t)r | flag | (t3 << 32);
                 r += step;
                 if (r >= N) r -= N;
             }
@@ -181,7 +186,7 @@ static uint32_t slow_index(const layer_t *ly, uint32_t x, uint32_t y) {
         rounds_fwd(ly, &x, &y);
         p = (uint64_t)x * b + y;
     }
-    return (uint32_t)(ly->w[x] & 0xFFFFFFFFu) + y; /* < N + b: an index into the padded ring */
+    return (uint32_t)(ly->w[x] & 0x7FFFFFFFu) + y; /* < N + b: an index into the padded ring */
 }
 
 /* Padded-ring indices of elements j = x0 * b + y0 + t, t < cnt, of a permuted layer. */
@@ -190,24 +195,27 @@ static inline void tile_indices(const layer_t *ly, uint32_t x0, uint32_t y0, uin
     const uint16_t *restrict t0 = ly->t0, *restrict t1e = ly->t1e, *restrict t2e = ly->t2e;
     const uint16_t *restrict modb = ly->modb;
     const uint64_t *restrict w = ly->w;
-    uint16_t fix[TILE + 1];
-    uint32_t nfix = 0;
+    uint32_t any = 0;
     for (uint32_t t = 0; t < cnt; t++) {
         uint32_t y = y0 + t;
         uint32_t x1 = x0 + t0[y];
         uint32_t y1 = y + t1e[x1];
         uint32_t x2 = x1 + t2e[y1];
         uint64_t e = w[x2];
-        uint32_t y2 = modb[y1 + (uint32_t)((e >> 32) & 0xFFFF)];
+        uint32_t y2 = modb[y1 + (uint32_t)(e >> 32)];
         uint32_t i = (uint32_t)e + y2;
         idx[t] = i;
-        if (prefetch_base) __builtin_prefetch((const char *)prefetch_base + (size_t)i * esize, 1);
-        fix[nfix] = (uint16_t)t;
-        nfix += y2 >= (uint32_t)(e >> 48);
+        any |= i;
+        if (prefetch_base) __builtin_prefetch((const char *)prefetch_base + (size_t)(i & 0x7FFFFFFFu) * esize, 1);
     }
-    for (uint32_t f = 0; f < nfix; f++) { /* rare: the element left [0, n); walk its cycle */
-        uint32_t t = fix[f];
-        idx[t] = slow_index(ly, x0, y0 + t);
+    if (any & 0x80000000u) { /* an element landed on the partial last row: below n, or walk its cycle */
+        for (uint32_t t = 0; t < cnt; t++) {
+            uint32_t i = idx[t];
+            if (i & 0x80000000u) {
+                i &= 0x7FFFFFFFu;
+                idx[t] = i - ly->r_last >= ly->last ? slow_index(ly, x0, y0 + t) : i;
+            }
+        }
     }
 }
 
@@ -374,7 +382,18 @@ static int clamp_threads(int nthreads, int64_t work) {
     return nthreads < 1 ? 1 : nthreads;
 }
 
+/* Run fn(args + t * stride) on nthreads threads.  With OpenMP this is torch's own thread pool (the
+   library then links the libgomp that torch has already loaded): its workers, still spinning after
+   torch's last parallel op, take the work instead of competing with new threads for the cores.
+   Every worker pulls work from shared counters, so fewer threads than asked still do all of it. */
 static void run_threads(void *(*fn)(void *), void *args, size_t stride, int nthreads) {
+#ifdef _OPENMP
+    if (nthreads > 1) {
+        #pragma omp parallel num_threads(nthreads)
+        fn((char *)args + (size_t)omp_get_thread_num() * stride);
+        return;
+    }
+#endif
     pthread_t tid[MAX_THREADS];
     int started[MAX_THREADS] = {0};
     for (int t = 1; t < nthreads; t++)
@@ -426,8 +445,8 @@ int rpg_backward(int dtype, void *acc, int64_t N, int64_t L, const int64_t *meta
     bwd_t w;
     memset(&w, 0, sizeof(w));
     w.job = &job; w.acc = acc; w.len = N + job.pad;
-    /* 4 parts per thread for load balance, fewer when the accumulators would take over 32 MiB */
-    int64_t nparts = 4 * (int64_t)nthreads, cap = ((int64_t)32 << 20) / (w.len * (int64_t)esize);
+    /* 4 parts per thread for load balance, fewer when the accumulators would take over 16 MiB */
+    int64_t nparts = 4 * (int64_t)nthreads, cap = ((int64_t)16 << 20) / (w.len * (int64_t)esize);
     if (nparts > cap) nparts = cap;
     if (nparts < nthreads) nparts = nthreads;
     w.nparts = nparts;

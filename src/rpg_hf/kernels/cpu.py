@@ -8,8 +8,11 @@ If no C compiler is available, or building/loading fails, :func:`available` is F
 RuntimeWarning) and the caller falls back to the pure-PyTorch reference (:mod:`rpg_hf.ring`).
 ``RPG_HF_CPU_CC`` picks the compiler (default ``$CC``, else ``cc``/``gcc``); ``RPG_HF_CACHE_DIR``
 the cache (default ``$XDG_CACHE_HOME/rpg_hf`` or ``~/.cache/rpg_hf``, then a private temp dir).
-The library is built with ``-march=native`` first (the cache key includes the CPU's model and
-flags), then without it.
+The library is built with OpenMP and ``-march=native`` when the compiler can (the cache key
+includes the CPU's model and flags), else with less.  With OpenMP it runs on torch's own OpenMP
+thread pool (same ``libgomp.so.1``), so it neither oversubscribes the cores nor waits for torch's
+spinning workers; without it (or with ``RPG_HF_CPU_OPENMP=0``), it starts
+``torch.get_num_threads()`` pthreads per call.
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ import torch
 from ._csrc import SOURCE
 from .plan import RingPlan
 
-_FLAGS = ["-O3", "-fPIC", "-shared", "-pthread", "-ffp-contract=off", "-fno-fast-math", "-std=gnu99"]
-_NATIVE = ["-march=native"]
+_FLAGS = ["-O3", "-funroll-loops", "-fPIC", "-shared", "-pthread", "-ffp-contract=off", "-fno-fast-math", "-std=gnu99"]
+# tried in this order: OpenMP (shares torch's libgomp thread pool) and -march=native are optional
+_VARIANTS = (["-march=native", "-fopenmp"], ["-fopenmp"], ["-march=native"], [])
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _error: str | None = None
@@ -108,8 +112,11 @@ def load() -> ctypes.CDLL | None:
                 raise RuntimeError("no C compiler found (set RPG_HF_CPU_CC or CC)")
             errors = []
             version = _compiler_version(cc)
-            attempts = [(flags, d) for flags in (_FLAGS + _NATIVE, _FLAGS) for d in _cache_dirs()]
-            for flags, cache in attempts:  # -march=native first; a read-only cache: the next directory
+            variants = _VARIANTS
+            if os.environ.get("RPG_HF_CPU_OPENMP", "1").strip() in ("0", "false", "no", "off"):
+                variants = tuple(v for v in variants if "-fopenmp" not in v)
+            attempts = [(_FLAGS + extra, d) for extra in variants for d in _cache_dirs()]
+            for flags, cache in attempts:  # a failed build or a read-only cache: the next attempt
                 key = hashlib.sha256(
                     "\0".join([SOURCE, cc, version, *flags, platform.machine(), _cpu_id()]).encode()
                 ).hexdigest()[:20]
@@ -148,7 +155,7 @@ _DTYPES = {torch.float32: 0, torch.float64: 1}
 def supports(ring: torch.Tensor, plan: RingPlan | None = None) -> bool:
     if ring.device.type != "cpu" or ring.dtype not in _DTYPES:
         return False
-    if plan is not None and plan.ring_size >= 2**31:
+    if plan is not None and plan.ring_size >= 2**31 - 2**17:  # ring index + row length < 2**31
         return False
     return available()
 

@@ -68,7 +68,7 @@ class RingPlan:
     def max_turns(self) -> int:
         """Largest number of times one layer's window goes round the ring (plus one)."""
         n_ring = self.ring_size
-        return max(((row[3] + row[0] + n_ring - 1) // n_ring) for row in self.meta_rows)
+        return max(((row[3] + row[0] + n_ring - 1) // n_ring for row in self.meta_rows), default=1)
 
 
 @functools.lru_cache(maxsize=256)
