@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .quantization import find_generator
+from .quantization import _invalidate, find_generator
 
 __all__ = [
     "ChannelPruneReport",
@@ -121,12 +121,6 @@ class _MaskGrad:
         if self.mask.device != grad.device:
             self.mask = self.mask.to(grad.device)
         return grad.masked_fill(~self.mask.view_as(grad), 0)
-
-
-def _invalidate(gen: Any) -> None:
-    fn = getattr(gen, "invalidate_cache", None)
-    if callable(fn):
-        fn()
 
 
 def prune_ring(model: Any, sparsity: float, *, hooks: bool = True) -> RingMask:
