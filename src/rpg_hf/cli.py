@@ -177,12 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_scaling)
 
     p = sub.add_parser("demo", help="train RPG vs equal-DoF vanilla on Fashion-MNIST and compare")
-    try:
-        from . import demo
+    from . import demo
 
-        demo.add_arguments(p)
-    except ImportError as err:  # keep the other subcommands usable
-        p.set_defaults(import_error=str(err))
+    demo.add_arguments(p)
     p.set_defaults(func=cmd_demo)
     return parser
 

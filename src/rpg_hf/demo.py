@@ -385,8 +385,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace) -> dict[str, Any]:
-    if getattr(args, "import_error", None):
-        raise SystemExit(f"rpg-hf demo is unavailable: {args.import_error}")
     if args.train_samples < 0 or args.test_samples < 0 or args.epochs < 1 or args.batch_size < 1:
         raise SystemExit("rpg-hf demo: --train-samples/--test-samples must be >= 0, --epochs/--batch-size >= 1")
     start = time.perf_counter()
