@@ -214,27 +214,15 @@ def build_transform(image_size: int, crop_pct: float, mean: Any, std: Any, inter
 
 def update_model_card(folder: str | os.PathLike[str], results: dict[str, Any], model_name: str | None = None) -> Path:
     """Adds (or replaces) the ObjectNet top-1/top-5 entries in ``<folder>/README.md``'s model-index."""
-    from huggingface_hub import EvalResult, ModelCard
+    from rpg_hf.cards import EvalEntry, update_card_results
 
-    path = Path(folder) / "README.md"
-    card = ModelCard.load(path)
-    data = card.data
-    kept = [r for r in (getattr(data, "eval_results", None) or [])
-            if not (r.dataset_name == OBJECTNET_DATASET_NAME and r.task_type == "image-classification")]
-    common = dict(
-        task_type="image-classification", task_name="Image Classification",
-        dataset_type="objectnet", dataset_name=OBJECTNET_DATASET_NAME, dataset_split="test",
-        dataset_config=f"imagenet-overlap-{results['classes']}",
-    )
-    kept.append(EvalResult(metric_type="accuracy", metric_name="Top-1 Accuracy",
-                           metric_value=round(float(results["top1"]), 3), **common))
-    kept.append(EvalResult(metric_type="accuracy", metric_name="Top-5 Accuracy",
-                           metric_value=round(float(results["top5"]), 3), **common))
-    if not getattr(data, "model_name", None):
-        data.model_name = model_name or Path(folder).resolve().name
-    data.eval_results = kept
-    card.save(path)
-    return path
+    common = dict(dataset_name=OBJECTNET_DATASET_NAME, dataset_type="objectnet", split="test",
+                  metric_type="accuracy", config=f"imagenet-overlap-{results['classes']}")
+    update_card_results(folder, [
+        EvalEntry(metric_name="Top-1 Accuracy", value=round(float(results["top1"]), 3), **common),
+        EvalEntry(metric_name="Top-5 Accuracy", value=round(float(results["top5"]), 3), **common),
+    ], model_name=model_name)
+    return Path(folder) / "README.md"
 
 
 def _make_loader(dataset: Any, args: argparse.Namespace) -> Any:
