@@ -1,24 +1,17 @@
 """Re-parameterize an existing timm / transformers model so that a ring generates its weights.
 
 ``reparameterize(model, spec)`` keeps the model object and its class: the selected ``weight``
-parameters are deleted and replaced by tensors that a forward pre-hook of each module fetches
-from an :class:`RPGGenerator` attached as ``model.rpg``.  The generator owns the ring(s), the
-recorded generated-layer order and a cache of the generated weights keyed on the ring's
-identity and version, so:
-
-* training regenerates after every optimizer step (the in-place update bumps the version) and
-  gradient accumulation reuses one generation across micro-batches;
-* eval generates once; ``load_state_dict``, ``.to()`` and optimizer steps invalidate the cache;
-* ``state_dict()`` holds the ring(s) and the free tensors only — nothing derived.
+parameters are deleted and each such module's ``weight`` becomes a property that reads its
+tensor from an :class:`RPGGenerator` attached as ``model.rpg``.  The generator owns the ring(s) and the
+recorded generated-layer order; see :class:`RPGGenerator` for when weights are generated and
+why they can never be stale.  ``state_dict()`` holds the ring(s) and the free tensors only.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -160,8 +153,40 @@ def plan_layers(model: nn.Module, spec: RPGSpec) -> tuple[list[GeneratedLayer], 
 # --------------------------------------------------------------------------- the generator module
 
 
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """The tensor's bit pattern as integers: ``torch.equal`` on it is exact (NaN, -0.0 included)."""
+    ints = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+    return t.detach().reshape(-1).view(ints[t.element_size()])
+
+
+@dataclass
+class _Cached:
+    """Weights generated from a ring, with a copy of the ring they came from."""
+
+    ring: torch.Tensor  # detached clone of the ring at generation time
+    weights: tuple[torch.Tensor, ...]
+
+    def matches(self, ring: torch.Tensor) -> bool:
+        snap = self.ring
+        return (snap.device == ring.device and snap.dtype == ring.dtype and snap.shape == ring.shape
+                and torch.equal(_bits(snap), _bits(ring)))
+
+
 class RPGGenerator(nn.Module):
-    """Owns the ring(s) and turns them into the weights of the generated modules."""
+    """Owns the ring(s) and turns them into the weights of the generated modules.
+
+    Weights are never served from an old ring, whatever wrote it (an optimizer step, fused
+    kernels that do not bump ``_version``, ``ring.data = ...``, ``load_state_dict``, a DDP
+    broadcast, an EMA update, dequantisation, pruning):
+
+    * with autograd recording through the ring (training), every read of ``module.weight``
+      generates that layer afresh — one differentiable kernel call, nothing kept after the step;
+    * otherwise (eval, ``no_grad``, a frozen ring) all layers of a ring are generated once and
+      kept with a copy of the ring's bits; a read compares the ring's bits with that copy (N
+      integer compares, against the ~T/N-times larger generation) and regenerates on any change.
+
+    Under ``torch.compile`` the first rule always applies, so a traced graph holds no cache state.
+    """
 
     def __init__(self, spec: RPGSpec, layers: list[GeneratedLayer], ring_sizes: list[int]):
         super().__init__()
@@ -182,8 +207,12 @@ class RPGGenerator(nn.Module):
             self.slot_of.append((layer.ring, len(self.slots[layer.ring])))
             self.slots[layer.ring].append(slot)
             starts[layer.ring] += layer.numel
-        self.generations = 0  # how many ring expansions ran: lets tests and benchmarks see the cache work
-        self._cache: list[tuple | None] = [None] * len(ring_sizes)
+        self.generations = 0  # how many times a ring's cache was filled: tests and benchmarks see it work
+        self._cache: list[_Cached | None] = [None] * len(ring_sizes)
+
+    def forward(self, x):
+        """Identity: timm's feature wrappers and ``nn.Sequential`` call every child in order."""
+        return x
 
     def _initial_ring(self) -> torch.Tensor:
         """Kaiming-normal ring for the reference fan, drawn on the CPU from the seed.
@@ -201,10 +230,9 @@ class RPGGenerator(nn.Module):
         for ring, part in zip(self.rings, init.split(self.ring_sizes), strict=True):
             if not ring.is_meta:
                 ring.copy_(part)
-        self.invalidate_cache()
 
     def __deepcopy__(self, memo):
-        """Copy without the cache: it may hold non-leaf tensors, which deepcopy refuses (EMA copies)."""
+        """Copy without the cache (EMA copies, ``expand``): it is rebuilt on the first read."""
         new = self.__class__.__new__(self.__class__)
         memo[id(self)] = new
         for key, value in self.__dict__.items():
@@ -212,34 +240,31 @@ class RPGGenerator(nn.Module):
         return new
 
     def invalidate_cache(self) -> None:
-        """Drop generated weights; needed only after editing a ring through ``.data``."""
+        """Drop the cached weights (frees their memory; correctness never depends on calling it)."""
         self._cache = [None] * len(self.ring_sizes)
 
-    def _apply(self, fn, recurse=True):  # .to(), .half(), .cuda() ...: the cache is stale
-        self.invalidate_cache()
-        return super()._apply(fn, recurse)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self.invalidate_cache()
-        return super()._load_from_state_dict(*args, **kwargs)
-
     def ring_weights(self, r: int) -> tuple[torch.Tensor, ...]:
-        """Generated weights of every layer of ring ``r``, regenerated only when the ring changed."""
+        """Detached weights of every layer of ring ``r`` for the ring's current values (cached)."""
         ring = self.rings[r]
         if ring.is_meta:  # transformers builds models on the meta device: shapes only
             return tuple(torch.empty(s.shape, device="meta", dtype=ring.dtype) for s in self.slots[r])
-        with_grad = torch.is_grad_enabled() and ring.requires_grad
-        key = (ring._version, ring.data_ptr(), ring.device, ring.dtype, with_grad)
         cached = self._cache[r]
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        weights = expand_ring(ring, self.slots[r])
+        if cached is not None and cached.matches(ring):
+            return cached.weights
+        self._cache[r] = None  # free the old weights before generating the new ones
+        with torch.no_grad():
+            weights = expand_ring(ring.detach(), self.slots[r])
         self.generations += 1
-        self._cache[r] = (key, weights)
+        self._cache[r] = _Cached(ring.detach().clone(), weights)
         return weights
 
     def weight(self, position: int) -> torch.Tensor:
+        """The current weight of generated layer ``position`` (see the class docstring)."""
         r, i = self.slot_of[position]
+        ring = self.rings[r]
+        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and ring.requires_grad and not ring.is_meta):
+            self._cache[r] = None  # training holds no generated weights between steps
+            return expand_ring(ring, (self.slots[r][i],))[0]
         return self.ring_weights(r)[i]
 
     def generate_all(self) -> list[torch.Tensor]:
@@ -248,19 +273,40 @@ class RPGGenerator(nn.Module):
             return [self.weight(p).detach() for p in range(len(self.layers))]
 
 
-class _WeightHook:
-    """Forward pre-hook: put the layer's current generated weight in place before it runs."""
-
-    def __init__(self, generator: RPGGenerator, position: int):
-        self.generator, self.position = generator, position
-
-    def __call__(self, module: nn.Module, args) -> None:
-        module.__dict__["weight"] = self.generator.weight(self.position)
+def _generated_weight(module: nn.Module) -> torch.Tensor:
+    return module._rpg_generator.weight(module._rpg_position)
 
 
-def _detach_weight(module: nn.Module, args, output) -> None:
-    """Forward hook: outside forward, ``module.weight`` is a leaf, so ``copy.deepcopy`` (EMA) works."""
-    module.__dict__["weight"] = module.__dict__["weight"].detach()
+_GENERATED_CLASSES: dict[type, type] = {}
+
+
+def _generated_class(cls: type) -> type:
+    """``cls`` with ``weight`` as a property read from the ring (as torch's parametrize does).
+
+    A property rather than forward hooks: ``module.weight`` is current wherever it is read —
+    inside forward, in ``forward_features``, in timm's feature wrappers, or by a user — and
+    ``torch.compile`` traces it into the model's graph.
+    """
+    sub = _GENERATED_CLASSES.get(cls)
+    if sub is None:
+        sub = type(f"RPG{cls.__name__}", (cls,), {"weight": property(_generated_weight), "_rpg_base": cls,
+                                                  "__module__": cls.__module__})
+        _GENERATED_CLASSES[cls] = sub
+    return sub
+
+
+def _attach(module: nn.Module, generator: RPGGenerator, position: int) -> None:
+    del module._parameters["weight"]
+    module.__dict__["_rpg_generator"] = generator  # a plain reference: not a second path to the ring
+    module.__dict__["_rpg_position"] = position
+    module.__class__ = _generated_class(type(module))
+
+
+def _detach(module: nn.Module, weight: torch.Tensor) -> None:
+    """Undo :func:`_attach`: the plain class with ``weight`` as an ordinary parameter."""
+    module.__class__ = module._rpg_base
+    del module.__dict__["_rpg_generator"], module.__dict__["_rpg_position"]
+    module.weight = nn.Parameter(weight)
 
 
 # --------------------------------------------------------------------------- public API
@@ -302,7 +348,9 @@ def reparameterize(
     """Make the ring(s) generate the selected weights of ``model``; returns the same object.
 
     ``layers``/``ring_sizes`` replay a recorded plan (from a checkpoint's config) instead of
-    selecting anew, so a model rebuilt elsewhere gets exactly the saved layer order.
+    selecting anew, so a model rebuilt elsewhere gets exactly the saved layer order.  The
+    generator becomes the model's *first* child, so wrappers that keep a prefix of the children
+    (timm's feature extractors) keep the ring.
     """
     if hasattr(model, GENERATOR_ATTR):
         raise ValueError(f"{type(model).__name__} already has an attribute `{GENERATOR_ATTR}`; re-parameterized twice?")
@@ -313,54 +361,23 @@ def reparameterize(
     modules = _named_targets(model, layers)
     reference = next(iter(modules))._parameters["weight"]
     generator = RPGGenerator(spec, layers, ring_sizes).to(device=reference.device)
-    for module in modules:
-        del module._parameters["weight"]
-    model.add_module(GENERATOR_ATTR, generator)
-    generator._handles = [  # kept so expand() can detach them
-        (module.register_forward_pre_hook(_WeightHook(generator, i)), module.register_forward_hook(_detach_weight))
-        for i, module in enumerate(modules)
-    ]
-    generator._modules_ref = modules  # not registered: plain list, no second path in named_modules
-    with torch.no_grad():  # materialise now so `module.weight` is readable before the first forward
-        for i, module in enumerate(modules):
-            module.__dict__["weight"] = generator.weight(i)
+    for position, module in enumerate(modules):
+        _attach(module, generator, position)
+    children = list(model._modules.items())
+    model._modules.clear()
+    model._modules[GENERATOR_ATTR] = generator
+    model._modules.update(children)
     return model
-
-
-@contextlib.contextmanager
-def _without_generator(model: nn.Module) -> Iterator[list[nn.Module]]:
-    """Temporarily detach hooks, generated tensors and the generator (so deepcopy sees a plain model)."""
-    gen = get_generator(model)
-    modules = gen._modules_ref
-    hooks = [
-        (m, pre.id, m._forward_pre_hooks.pop(pre.id), post.id, m._forward_hooks.pop(post.id))
-        for m, (pre, post) in zip(modules, gen._handles, strict=True)
-    ]
-    weights = [m.__dict__.pop("weight", None) for m in modules]
-    del model._modules[GENERATOR_ATTR]
-    try:
-        yield modules
-    finally:
-        model._modules[GENERATOR_ATTR] = gen
-        for m, w in zip(modules, weights, strict=True):
-            if w is not None:
-                m.__dict__["weight"] = w
-        for m, pre_id, pre, post_id, post in hooks:
-            m._forward_pre_hooks[pre_id] = pre
-            m._forward_hooks[post_id] = post
 
 
 def expand(model: nn.Module) -> nn.Module:
     """A plain copy of the model (same class) with the generated weights materialised as parameters."""
     gen = get_generator(model)
     weights = gen.generate_all()
-    with _without_generator(model) as modules:
-        plain = copy.deepcopy(model)
-        index = {id(m): i for i, m in enumerate(modules)}
-        for name, m in model.named_modules():
-            if id(m) in index:
-                target = plain.get_submodule(name)
-                target.weight = nn.Parameter(weights[index[id(m)]].clone())
+    plain = copy.deepcopy(model)
+    del plain._modules[GENERATOR_ATTR]
+    for layer, weight in zip(gen.layers, weights, strict=True):
+        _detach(plain.get_submodule(layer.name), weight.clone())
     return plain
 
 
