@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .kernels.ops import RingGradient
 from .ring import LayerSlot, expand_ring, to_float32
 from .spec import RPGSpec
 
@@ -180,7 +181,8 @@ class RPGGenerator(nn.Module):
     broadcast, an EMA update, dequantisation, pruning):
 
     * with autograd recording through the ring (training), every read of ``module.weight``
-      generates that layer afresh — one differentiable kernel call, nothing kept after the step;
+      generates that layer afresh — one kernel call; the backward of all reads of a ring is one
+      batched fold (:class:`~rpg_hf.kernels.ops.RingGradient`); nothing is kept after the step;
     * otherwise (eval, ``no_grad``, a frozen ring) all layers of a ring are generated once and
       kept with a copy of the ring's bits; a read compares the ring's bits with that copy (N
       integer compares, against the ~T/N-times larger generation) and regenerates on any change.
@@ -209,6 +211,7 @@ class RPGGenerator(nn.Module):
             starts[layer.ring] += layer.numel
         self.generations = 0  # how many times a ring's cache was filled: tests and benchmarks see it work
         self._cache: list[_Cached | None] = [None] * len(ring_sizes)
+        self._hubs: list[RingGradient | None] = [None] * len(ring_sizes)
 
     def forward(self, x):
         """Identity: timm's feature wrappers and ``nn.Sequential`` call every child in order."""
@@ -232,11 +235,12 @@ class RPGGenerator(nn.Module):
                 ring.copy_(part)
 
     def __deepcopy__(self, memo):
-        """Copy without the cache (EMA copies, ``expand``): it is rebuilt on the first read."""
+        """Copy without the cache and gradient hubs (EMA copies, ``expand``): rebuilt on first use."""
         new = self.__class__.__new__(self.__class__)
         memo[id(self)] = new
         for key, value in self.__dict__.items():
-            new.__dict__[key] = [None] * len(value) if key == "_cache" else copy.deepcopy(value, memo)
+            transient = key in ("_cache", "_hubs")
+            new.__dict__[key] = [None] * len(value) if transient else copy.deepcopy(value, memo)
         return new
 
     def invalidate_cache(self) -> None:
@@ -262,9 +266,15 @@ class RPGGenerator(nn.Module):
         """The current weight of generated layer ``position`` (see the class docstring)."""
         r, i = self.slot_of[position]
         ring = self.rings[r]
-        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and ring.requires_grad and not ring.is_meta):
+        slot = self.slots[r][i]
+        if torch.compiler.is_compiling():
+            return expand_ring(ring, (slot,))[0]
+        if torch.is_grad_enabled() and ring.requires_grad and not ring.is_meta:
             self._cache[r] = None  # training holds no generated weights between steps
-            return expand_ring(ring, (self.slots[r][i],))[0]
+            hub = self._hubs[r]
+            if hub is None or not hub.matches(ring):
+                hub = self._hubs[r] = RingGradient(ring)
+            return hub.weight(ring, slot)
         return self.ring_weights(r)[i]
 
     def generate_all(self) -> list[torch.Tensor]:

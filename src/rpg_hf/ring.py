@@ -130,49 +130,13 @@ def fold_window(ring_grad: torch.Tensor, window: torch.Tensor, start: int) -> No
     ring_grad[: tail.numel()] += tail
 
 
-class _ExpandRing(torch.autograd.Function):
-    """All layers of one ring in a single autograd node: forward unpacks, backward folds.
-
-    Nothing is saved for backward but the (integer) layer slots, so the node can be
-    back-propagated through more than once — gradient accumulation reuses the weights
-    generated for one ring state across micro-batches.
-    """
-
-    @staticmethod
-    def forward(ctx, ring: torch.Tensor, slots: Sequence[LayerSlot], dtype):  # type: ignore[override]
-        ctx.set_materialize_grads(False)  # unused layers send no gradient: skip them, don't fold zeros
-        ctx.slots = slots
-        ctx.ring_meta = (ring.numel(), ring.dtype)
-        return tuple(generate_layer(ring, s, dtype) for s in slots)
-
-    @staticmethod
-    def backward(ctx, *grads):  # type: ignore[override]
-        size, ring_dtype = ctx.ring_meta
-        device = next((g.device for g in grads if g is not None), None)
-        ring_grad = torch.zeros(size, dtype=torch.float32, device=device)
-        for slot, g in zip(ctx.slots, grads, strict=True):
-            if g is not None:
-                fold_window(ring_grad, window_grad(g, slot), slot.start)
-        return ring_grad.to(ring_dtype), None, None
-
-
-def expand_ring_reference(
-    ring: torch.Tensor, slots: Sequence[LayerSlot], dtype: torch.dtype | None = None
-) -> tuple[torch.Tensor, ...]:
-    """:func:`expand_ring` on the pure-PyTorch path of this module (the reference)."""
-    if torch.is_grad_enabled() and ring.requires_grad:
-        return _ExpandRing.apply(ring, tuple(slots), dtype)
-    with torch.no_grad():
-        return tuple(generate_layer(ring, s, dtype) for s in slots)
-
-
 def expand_ring(
     ring: torch.Tensor, slots: Sequence[LayerSlot], dtype: torch.dtype | None = None
 ) -> tuple[torch.Tensor, ...]:
     """Generate every layer of ``slots`` from ``ring``; differentiable w.r.t. the ring.
 
     Runs on the fastest available backend of :mod:`rpg_hf.kernels` (C kernels on the CPU, Triton
-    on CUDA; ``RPG_HF_BACKEND=torch`` forces the reference above).  Every backend gives the
+    on CUDA; ``RPG_HF_BACKEND=torch`` forces the pure-PyTorch functions above).  Every backend gives the
     reference's weights bit for bit and its ring gradient to float32 rounding.
     """
     from .kernels import expand  # late import: kernels builds on this module

@@ -8,7 +8,7 @@ signs are recomputed from the packed O(layers) table of a :class:`RingPlan`.
 
 * :mod:`.ops` — dispatch, the eager autograd node, the ``rpg_hf::expand_ring`` custom op
   (``torch.compile`` sees no graph break inside the generator);
-* :mod:`.cpu` / :mod:`._csrc` — C kernels for CPU rings (built on first use, cached);
+* :mod:`.cpu` / ``rpg_cpu.c`` — C kernels for CPU rings (built on first use, cached);
 * :mod:`.triton_ring` — Triton kernels for CUDA rings (one launch per ring forward and backward).
 
 Environment:

@@ -1,8 +1,10 @@
-"""CPU kernels: a small C library compiled on first use and called through ctypes.
+"""CPU kernels: ``rpg_cpu.c`` (package data beside this file) compiled on first use, called through ctypes.
 
-Why not ``torch.utils.cpp_extension``: the torch headers make a build take tens of seconds on a
-2-core machine; this plain C file (no torch headers, pthreads only) builds in about half a
-second and is cached on disk, keyed by the source, the compiler, its flags and the CPU.
+Why the system C compiler and not ``torch.utils.cpp_extension``: the C file needs no torch
+headers, so a plain ``cc`` builds it in about half a second, where cpp_extension compiles as C++
+against the torch headers (tens of seconds on a 2-core machine) and wants ninja; and building at
+first use rather than at install keeps ``pip install -e .`` a pure-Python install.  The library
+is cached on disk, keyed by the source, the compiler, its flags and the CPU.
 
 If no C compiler is available, or building/loading fails, :func:`available` is False (with one
 RuntimeWarning) and the caller falls back to the pure-PyTorch reference (:mod:`rpg_hf.ring`).
@@ -18,6 +20,7 @@ spinning workers; without it (or with ``RPG_HF_CPU_OPENMP=0``), it starts
 from __future__ import annotations
 
 import ctypes
+from importlib import resources
 import hashlib
 import os
 import platform
@@ -30,9 +33,9 @@ from pathlib import Path
 
 import torch
 
-from ._csrc import SOURCE
 from .plan import RingPlan
 
+SOURCE = resources.files(__package__).joinpath("rpg_cpu.c").read_text()
 _FLAGS = ["-O3", "-funroll-loops", "-fPIC", "-shared", "-pthread", "-ffp-contract=off", "-fno-fast-math", "-std=gnu99"]
 # tried in this order: OpenMP (shares torch's libgomp thread pool) and -march=native are optional
 _VARIANTS = (["-march=native", "-fopenmp"], ["-fopenmp"], ["-march=native"], [])

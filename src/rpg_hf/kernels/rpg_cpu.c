@@ -1,36 +1,35 @@
-"""C source of the CPU kernels (kept as a string so that it ships inside the Python package).
-
-Plain C99 + pthreads, no torch headers: it compiles in well under a second and is loaded with
-ctypes (see :mod:`rpg_hf.kernels.cpu`).  It re-implements ``GENERATOR_VERSION = 1`` of
-:mod:`rpg_hf.generator` with uint32 arithmetic; the forward is bit-identical to
-:func:`rpg_hf.ring.generate_layer` (one IEEE product ``ring * m``, then a sign-bit flip, which is
-exactly what negation does).
-
-Layer table (``int64[L][10]``, built by :mod:`rpg_hf.kernels.plan`):
-``n, a, b, o = start mod N, flags (1: permute, 2: sign flip), k0, k1, k2, k3, k_sign``.
-
-Speed notes (the per-element work is a chain of small-table lookups; on a 2-core Zen 2 the
-scalar code below runs at ~3 ns/element/thread, AVX2 gathers were not faster):
-
-* The Feistel round tables (``O(a + b)`` per layer, rebuilt each call: nothing is kept) are
-  stored *extended* so that intermediate coordinates need no modular reduction:
-  ``x1 = x0 + T0[y0] < 2a``, ``y1 = y0 + T1e[x1] < 2b`` (``T1e`` has ``2a`` entries),
-  ``x2 = x1 + T2e[y1] < 3a``, and one 64-bit entry ``W[x2]`` holds ``T3[x2 mod a]`` and the row's
-  ring offset ``(o + (x2 mod a)·b) mod N``;
-  ``y2 = MODB[y1 + T3]`` (``3b`` entries).  The ring index is then ``R + y2 < N + b``: the ring is
-  read through a copy padded with its own first ``b`` entries (and the gradient accumulated into
-  a padded buffer whose tail is folded back), so no ``mod N`` either.
-* Elements that leave ``[0, n)`` (on the last, partial row ``x2 ≡ a-1`` beyond its length: fewer
-  than 1 in ``a``) are recomputed with plain rounds and cycle walking; they are found through a
-  flag bit (bit 31) that ``W`` sets on that row's ring offset, OR-ed over a tile.
-* Forward: sequential writes; the ring (cache-resident for small rings, prefetched for large
-  ones) is gathered.  Backward: the weight gradient is read in order and scatter-added into
-  ring-sized buffers, one per *part* of the work (about 4 parts per thread, taken dynamically),
-  summed in part order afterwards: no atomics, deterministic for a given thread count.  The GPU
-  kernel gathers through π⁻¹ instead (there, scatters would need atomics).
-"""
-
-SOURCE = r"""
+/*
+ * rpg_hf CPU kernels: generation and ring-gradient fold for GENERATOR_VERSION 1.
+ *
+ * Plain C99 + pthreads (OpenMP when available), no torch headers: it compiles in well under a
+ * second and is loaded with ctypes (see rpg_hf/kernels/cpu.py).  It re-implements ``GENERATOR_VERSION = 1`` of
+ * :mod:`rpg_hf.generator` with uint32 arithmetic; the forward is bit-identical to
+ * :func:`rpg_hf.ring.generate_layer` (one IEEE product ``ring * m``, then a sign-bit flip, which is
+ * exactly what negation does).
+ *
+ * Layer table (``int64[L][10]``, built by :mod:`rpg_hf.kernels.plan`):
+ * ``n, a, b, o = start mod N, flags (1: permute, 2: sign flip), k0, k1, k2, k3, k_sign``.
+ *
+ * Speed notes (the per-element work is a chain of small-table lookups; on a 2-core Zen 2 the
+ * scalar code below runs at ~3 ns/element/thread, AVX2 gathers were not faster):
+ *
+ * * The Feistel round tables (``O(a + b)`` per layer, rebuilt each call: nothing is kept) are
+ *   stored *extended* so that intermediate coordinates need no modular reduction:
+ *   ``x1 = x0 + T0[y0] < 2a``, ``y1 = y0 + T1e[x1] < 2b`` (``T1e`` has ``2a`` entries),
+ *   ``x2 = x1 + T2e[y1] < 3a``, and one 64-bit entry ``W[x2]`` holds ``T3[x2 mod a]`` and the row's
+ *   ring offset ``(o + (x2 mod a)·b) mod N``;
+ *   ``y2 = MODB[y1 + T3]`` (``3b`` entries).  The ring index is then ``R + y2 < N + b``: the ring is
+ *   read through a copy padded with its own first ``b`` entries (and the gradient accumulated into
+ *   a padded buffer whose tail is folded back), so no ``mod N`` either.
+ * * Elements that leave ``[0, n)`` (on the last, partial row ``x2 ≡ a-1`` beyond its length: fewer
+ *   than 1 in ``a``) are recomputed with plain rounds and cycle walking; they are found through a
+ *   flag bit (bit 31) that ``W`` sets on that row's ring offset, OR-ed over a tile.
+ * * Forward: sequential writes; the ring (cache-resident for small rings, prefetched for large
+ *   ones) is gathered.  Backward: the weight gradient is read in order and scatter-added into
+ *   ring-sized buffers, one per *part* of the work (about 4 parts per thread, taken dynamically),
+ *   summed in part order afterwards: no atomics, deterministic for a given thread count.  The GPU
+ *   kernel gathers through π⁻¹ instead (there, scatters would need atomics).
+ */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -485,4 +484,3 @@ int rpg_backward(int dtype, void *acc, int64_t N, int64_t L, const int64_t *meta
     free_job(&job);
     return 0;
 }
-"""
