@@ -82,9 +82,9 @@ def _forward(backend: str, ring: torch.Tensor, plan: RingPlan, dtype) -> tuple[t
         return tuple(generate_layer(ring, s, dtype) for s in plan.slots)
 
 
-def _backward(backend: str, grads, plan: RingPlan, ring_dtype: torch.dtype, device) -> torch.Tensor:
+def _backward(backend: str, grads, plan: RingPlan, ring_dtype: torch.dtype, device, indices=None) -> torch.Tensor:
     if backend == "cpu":
-        return cpu.backward(grads, plan, ring_dtype)
+        return cpu.backward(grads, plan, ring_dtype, indices)
     if backend == "triton":
         return triton_ring.backward(grads, plan, ring_dtype, device)
     ring_grad = torch.zeros(plan.ring_size, dtype=torch.float32, device=device)
@@ -113,7 +113,8 @@ class RingGradient:
     def __init__(self, ring: torch.Tensor):
         self.ring_ref = ring
         self.key = (ring.device, ring.dtype, ring.numel())
-        self.pending: list[tuple[int, LayerSlot, torch.Tensor]] = []  # (backward pass id, slot, grad)
+        # (backward pass id, slot, weight gradient, indices the CPU forward saved or None)
+        self.pending: list[tuple[int, LayerSlot, torch.Tensor, torch.Tensor | None]] = []
         self.token = _RingGrad.apply(ring, self)
 
     def matches(self, ring: torch.Tensor) -> bool:
@@ -130,15 +131,15 @@ class RingGradient:
         folds its own and leaves the enclosing pass's for it.
         """
         task = torch._C._current_graph_task_id()
-        mine = [(slot, g) for t, slot, g in self.pending if t == task]
+        mine = [entry[1:] for entry in self.pending if entry[0] == task]
         self.pending = [entry for entry in self.pending if entry[0] != task]
         if not mine:
             return None
-        slots, grads = zip(*mine, strict=True)
+        slots, grads, indices = zip(*mine, strict=True)
         device, dtype, size = self.key
         plan = get_plan(slots, size)
         backend = select_backend(torch.empty(0, dtype=dtype, device=device), plan)
-        return _backward(backend, grads, plan, dtype, device)
+        return _backward(backend, grads, plan, dtype, device, indices)
 
 
 class _RingGrad(torch.autograd.Function):
@@ -161,7 +162,12 @@ class _LayerWeight(torch.autograd.Function):
     @staticmethod
     def forward(ctx, token, ring, plan, dtype, backend, hub):  # type: ignore[override]
         ctx.set_materialize_grads(False)
-        ctx.slot, ctx.hub = plan.slots[0], hub
+        ctx.slot, ctx.hub, ctx.indices = plan.slots[0], hub, None
+        if backend == "cpu":  # keep the indices for the backward: 4 bytes a weight, until then
+            saved: list[torch.Tensor] = []
+            out = cpu.forward(ring.detach(), plan, dtype, indices_out=saved)[0]
+            ctx.indices = saved[0]
+            return out
         return _forward(backend, ring.detach(), plan, dtype)[0]
 
     @staticmethod
@@ -169,7 +175,8 @@ class _LayerWeight(torch.autograd.Function):
     def backward(ctx, grad):  # type: ignore[override]
         if grad is None:
             return None, None, None, None, None, None
-        ctx.hub.pending.append((torch._C._current_graph_task_id(), ctx.slot, grad))
+        indices, ctx.indices = ctx.indices, None  # a second pass (retain_graph) recomputes them
+        ctx.hub.pending.append((torch._C._current_graph_task_id(), ctx.slot, grad, indices))
         return grad.new_zeros(0), None, None, None, None, None
 
 
