@@ -100,6 +100,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "overrides the preset named by --arch")
     g.add_argument("--sync-bn", action="store_true", help="synchronize BatchNorm statistics across processes")
 
+    g = p.add_argument_group("start from trained weights (rpg_hf.fold)")
+    g.add_argument("--init-from", default=None,
+                   help="RPG: fold these trained weights into the ring (least squares) before training; vanilla: "
+                        "load them. A timm or transformers ViT folder, an RPG checkpoint (refolded), a weights file "
+                        "of --arch/--model-args, or a pretrained timm model name")
+    g.add_argument("--fold-weighting", default="uniform", choices=("uniform", "relative"),
+                   help="--init-from's least-squares objective: the plain reconstruction error, or every layer's "
+                        "relative error counted equally (rpg_hf.fold.fit_rings)")
+    g.add_argument("--distill-from", default=None,
+                   help="add knowledge distillation from this network (same forms as --init-from; e.g. the "
+                        "unfolded network): KL on logits at --distill-temperature; off by default")
+    g.add_argument("--distill-temperature", type=float, default=4.0, help="distillation softmax temperature T")
+    g.add_argument("--distill-weight", type=float, default=0.5,
+                   help="loss = (1 - w) * cross-entropy + w * T^2 * KL(teacher || student)")
+
     g = p.add_argument_group("optimization")
     g.add_argument("--epochs", type=int, default=90, help="training epochs")
     g.add_argument("--max-steps", type=int, default=None, help="optimizer steps in total (overrides --epochs)")
@@ -358,7 +373,7 @@ def save_rpg(model, directory: Path, args: argparse.Namespace, results: dict[str
     model.save_pretrained(directory, model_card=False)
     write_model_card(model, directory, _card_entries(results), keep_existing_results=False,
                      model_id=args.model_id or Path(args.output_dir).resolve().name, datasets=[results["dataset"]],
-                     recipe_command=_recipe_command())
+                     recipe="recipes/train.py", recipe_config=args.config, recipe_command=_recipe_command())
 
 
 def save_vanilla(model, directory: Path, args: argparse.Namespace, results: dict[str, Any], config) -> None:
@@ -369,6 +384,8 @@ def save_vanilla(model, directory: Path, args: argparse.Namespace, results: dict
     """
     from huggingface_hub import ModelCard, ModelCardData
     from transformers import PreTrainedModel
+
+    from rpg_hf.cards import results_section
 
     names = [config.id2label[i] for i in range(config.num_labels)]
     if isinstance(model, PreTrainedModel):
@@ -391,10 +408,10 @@ def save_vanilla(model, directory: Path, args: argparse.Namespace, results: dict
     data = ModelCardData(library_name=library, license="apache-2.0", tags=["image-classification", "rpg-baseline"],
                          datasets=[results["dataset"]], model_name=name, metrics=["accuracy"] if entries else None,
                          eval_results=[e.to_eval_result() for e in entries] or None)
-    rows = "\n".join(f"| {e.dataset_name} | {e.split} | {e.metric_name} | {e.value:.2f}% |" for e in entries)
+    # the results table is the card template's, so eval_objectnet.py's update re-renders it in place
     text = (f"---\n{data.to_yaml()}\n---\n\n# {name}\n\nVanilla `{args.arch}` ({results['trainable_params']:,} "
             "parameters): the baseline of an RPG run, trained by rpg_hf's `recipes/train.py` with the same recipe.\n\n"
-            f"| Dataset | Split | Metric | Value |\n|---|---|---|---|\n{rows}\n\n```bash\n{_recipe_command()}\n```\n")
+            f"{results_section(entries)}\n\n```bash\n{_recipe_command()}\n```\n")
     ModelCard(text).save(directory / "README.md")
 
 
@@ -431,6 +448,8 @@ class _Run:
             permute=not args.no_permute, sign_flip=not args.no_sign_flip,
         )
         self.config = getattr(self.model, "config", None)
+        self.fold_report = self._init_from() if args.init_from else None
+        self.teacher = self._teacher() if args.distill_from else None
         self.train_set, train_loader, val_loader = make_loaders(args, acc, train_ds, val_ds)
         if self.config is None or not hasattr(self.config, "dof"):  # vanilla: keep the RPGConfig it was built from
             self.config = self._config_of_vanilla()
@@ -460,6 +479,60 @@ class _Run:
         self.out = Path(args.output_dir)
         self.device = acc.device
         self.torch = torch
+
+    def _source(self, path: str):
+        """A trained network named by --init-from / --distill-from (rpg_hf.fold.load_source)."""
+        from rpg_hf.fold import load_source
+
+        a = self.args
+        is_file = Path(path).is_file()
+        return load_source(path, arch=a.arch if is_file else None, model_args=a.model_args if is_file else None,
+                           num_labels=len(self.names) if is_file else None)
+
+    def _init_from(self):
+        """Fold (RPG) or load (vanilla) the --init-from weights into the model before training."""
+        from rpg_hf.fold import fold_into, plain_network
+
+        source = self._source(self.args.init_from)
+        if self.args.model == "vanilla":
+            try:
+                self.model.load_state_dict(plain_network(source).state_dict(), strict=True)
+            except RuntimeError as err:
+                raise SystemExit(f"--init-from {self.args.init_from}: architecture mismatch: {err}") from err
+            self.accelerator.print(f"initialised the vanilla model from {self.args.init_from}")
+            return None
+        try:
+            report = fold_into(self.model, source, weighting=self.args.fold_weighting)
+        except ValueError as err:
+            raise SystemExit(f"--init-from {self.args.init_from}: {err}") from err
+        self.accelerator.print(f"folded {self.args.init_from} into the ring (dof={report.dof:,}): relative error "
+                               f"{report.rel_error:.4f}, energy kept {100 * report.energy_kept:.2f}%")
+        return report
+
+    def _teacher(self):
+        from rpg_hf.fold import plain_network
+
+        teacher = plain_network(self._source(self.args.distill_from)).to(self.accelerator.device).eval()
+        teacher.requires_grad_(False)
+        self.accelerator.print(f"distilling from {self.args.distill_from} (T={self.args.distill_temperature}, "
+                               f"weight {self.args.distill_weight})")
+        return teacher
+
+    def _loss(self, x, y):
+        """Cross-entropy, plus the distillation term when --distill-from is given."""
+        from rpg_hf.training import logits_of
+
+        logits = logits_of(self.model(x)).float()
+        loss = self.criterion(logits, y)
+        if self.teacher is None:
+            return loss
+        F, a = self.torch.nn.functional, self.args
+        with self.torch.no_grad(), self.accelerator.autocast():
+            target = logits_of(self.teacher(x)).float()
+        t = a.distill_temperature
+        kd = F.kl_div(F.log_softmax(logits / t, -1), F.log_softmax(target / t, -1), log_target=True,
+                      reduction="batchmean") * (t * t)
+        return (1.0 - a.distill_weight) * loss + a.distill_weight * kd
 
     def _config_of_vanilla(self):
         from rpg_hf import RPGConfig
@@ -518,8 +591,6 @@ class _Run:
 
     def run_epoch_part(self, progress) -> bool:
         """Train from the current step to the end of its epoch (or a stop point); True when stopping."""
-        from rpg_hf.training import logits_of
-
         a, acc, st = self.args, self.accelerator, self.state
         epoch, done = divmod(st.step, self.spe)
         self.sampler.use_epoch(epoch)
@@ -529,7 +600,7 @@ class _Run:
         tick = time.perf_counter()
         for x, y in loader:
             with acc.accumulate(self.model):
-                loss = self.criterion(logits_of(self.model(x)).float(), y)
+                loss = self._loss(x, y)
                 acc.backward(loss)
                 if acc.sync_gradients and a.clip_grad:
                     acc.clip_grad_norm_(self.model.parameters(), a.clip_grad)
@@ -581,6 +652,13 @@ class _Run:
             "device_name": self._device_name(), "world_size": acc.num_processes,
             "mixed_precision": acc.mixed_precision, "evals": self.evals, "model_dir": str(self.out / "model"),
         }
+        if a.init_from:
+            results["init_from"] = a.init_from
+            if self.fold_report is not None:
+                results["fold"] = self.fold_report.totals()
+        if a.distill_from:
+            results.update(distill_from=a.distill_from, distill_temperature=a.distill_temperature,
+                           distill_weight=a.distill_weight)
         if acc.is_main_process:
             model_dir = self.out / "model"
             if a.model == "rpg":

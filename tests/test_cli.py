@@ -64,7 +64,22 @@ def test_expand_timm_loads_in_timm_with_equal_outputs(converted, tmp_path):
     rpg = rpg_hf.RPGForImageClassification.from_pretrained(converted).eval()
     with torch.no_grad():
         assert torch.equal(plain(_x()), rpg(_x()).logits)
-    assert "a ViT backbone" not in run("expand", str(converted), str(tmp_path / "p2"), "--format", "transformers").stderr
+    # a timm export is a timm folder only: asking for a transformers folder is refused, not ignored
+    from rpg_hf.cli import main
+
+    with pytest.raises(SystemExit, match="a timm backbone exports as a timm folder.*TimmWrapper"):
+        main(["expand", str(converted), str(tmp_path / "p2"), "--format", "transformers"])
+    assert not (tmp_path / "p2").exists()
+
+
+def test_timm_export_loads_as_a_transformers_folder(converted, tmp_path):
+    from transformers import AutoModelForImageClassification
+
+    rpg = rpg_hf.RPGForImageClassification.from_pretrained(converted).eval()
+    rpg_hf.save_expanded(rpg, tmp_path / "plain")
+    wrapped = AutoModelForImageClassification.from_pretrained(tmp_path / "plain").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(wrapped(_x()).logits, rpg(_x()).logits, rtol=0, atol=1e-6)
 
 
 def test_convert_vit_and_expand_to_transformers(tmp_path):

@@ -63,7 +63,8 @@ def _logits(model, x):
 
 def test_round_trip_is_bit_identical_and_file_is_ring_only(saved_resnet):
     model, path = saved_resnet
-    assert sorted(os.listdir(path)) == ["README.md", "config.json", "model.safetensors", "preprocessor_config.json"]
+    assert sorted(os.listdir(path)) == ["README.md", "config.json", "configuration_rpg.py", "model.safetensors",
+                                        "modeling_rpg.py", "preprocessor_config.json"]  # + trust_remote_code files
     loaded = AutoModelForImageClassification.from_pretrained(path).eval()
     assert type(loaded) is rpg_hf.RPGForImageClassification
     assert torch.equal(_logits(model, _x()), _logits(loaded, _x()))
@@ -86,7 +87,10 @@ def test_config_records_layer_order_and_generator(saved_resnet):
     assert cfg["dof"] == 5000 and cfg["ring_sizes"] == [5000] and cfg["seed"] == 0
     assert cfg["generated_layers"][0] == {"name": "layer1.0.conv1", "shape": [64, 64, 3, 3], "ring": 0,
                                          "multiplier": pytest.approx(2.828427, rel=1e-6)}
-    assert "pretrained_cfg" not in cfg  # would route the folder to timm_wrapper
+    # timm reads architecture / model_args / pretrained_cfg (tests/test_timm_hub.py); model_type keeps
+    # transformers off timm_wrapper, image_processor_type keeps AutoImageProcessor on preprocessor_config.json
+    assert cfg["architecture"] == "rpg.resnet18" and cfg["pretrained_cfg"]["num_classes"] == 3
+    assert cfg["image_processor_type"] == "BitImageProcessor"
     assert isinstance(AutoConfig.from_pretrained(path), rpg_hf.RPGConfig)
 
 
@@ -145,7 +149,8 @@ def test_push_to_hub_uploads_ring_only_folder_and_card(saved_resnet, tmp_path):
     assert create_repo.call_args.kwargs["private"] is True
     assert create_branch.call_args.kwargs["branch"] == "v1"
     assert captured["kw"]["revision"] == "v1" and captured["kw"]["commit_message"] == "ring only"
-    assert set(captured["files"]) == {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"}
+    assert set(captured["files"]) == {"config.json", "model.safetensors", "preprocessor_config.json", "README.md",
+                                      "configuration_rpg.py", "modeling_rpg.py"}
     for name in ("config.json", "model.safetensors", "preprocessor_config.json"):
         assert captured["files"][name] == (path / name).stat().st_size
     card = captured["card"]
@@ -155,19 +160,35 @@ def test_push_to_hub_uploads_ring_only_folder_and_card(saved_resnet, tmp_path):
         model.push_to_hub("org/x", "positional message")  # keyword-only like transformers 5
 
 
-def test_trainer_trains_the_ring(tmp_path):
-    from transformers import Trainer, TrainingArguments
+def test_trainer_with_default_optimizer_regenerates_every_step(tmp_path):
+    """Trainer's default optimizer (fused AdamW) writes the ring without bumping its version."""
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    from rpg_hf.ring import generate_layer
 
     model = rpg_hf.RPGForImageClassification(_cfg("test_resnet", 2000))
+    gen, name = model.generator, model.generator.layers[0].name
+    seen = []
+
+    class Watch(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            with torch.no_grad():
+                weight = model.backbone.get_submodule(name).weight.clone()
+            assert torch.equal(weight, generate_layer(gen.rings[0].detach(), gen.slots[0][0]))
+            seen.append(weight)
+
     g = torch.Generator().manual_seed(0)
-    data = [{"pixel_values": torch.randn(3, 32, 32, generator=g), "labels": i % 3} for i in range(16)]
-    before = model.generator.rings[0].detach().clone()
-    args = TrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4,
-                             learning_rate=0.1, report_to=[], save_strategy="no", use_cpu=True,
-                             dataloader_num_workers=0, logging_steps=1)
-    result = Trainer(model=model, args=args, train_dataset=data).train()
-    assert result.global_step == 3
-    assert not torch.equal(before, model.generator.rings[0].detach())
+    data = [{"pixel_values": torch.randn(3, 32, 32, generator=g), "labels": i % 3} for i in range(4)]
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=8, per_device_train_batch_size=4,
+                             learning_rate=0.01, report_to=[], save_strategy="no", use_cpu=True,
+                             dataloader_num_workers=0, logging_steps=1, lr_scheduler_type="constant")
+    trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[Watch()])
+    assert trainer.args.optim == "adamw_torch_fused"
+    trainer.train()
+    assert len(seen) == 8
+    assert all(not torch.equal(a, b) for a, b in zip(seen, seen[1:], strict=False))
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert losses[-1] < 0.5 * losses[0], losses
 
 
 def test_vit_backbone_round_trip_processor_and_export(tmp_path):
@@ -206,11 +227,30 @@ def test_timm_entrypoints():
         timm.create_model("rpg_resnet18", pretrained=True)
 
 
+# bf16 logits of the resnet18 below vs its float32 logits, as a fraction of max |logit| (measured ~0.01)
+BF16_LOGIT_TOL = 0.05
+
+
 def test_dtype_and_device_map(saved_resnet):
     model, path = saved_resnet
-    bf16 = AutoModelForImageClassification.from_pretrained(path, dtype=torch.bfloat16)
+    bf16 = AutoModelForImageClassification.from_pretrained(path, dtype=torch.bfloat16).eval()
     assert bf16.generator.rings[0].dtype == torch.bfloat16
-    assert bf16.backbone.layer1[0].conv1.weight.dtype == torch.bfloat16
+    w16, w32 = bf16.backbone.layer1[0].conv1.weight, model.backbone.layer1[0].conv1.weight
+    assert w16.dtype == torch.bfloat16
+    # generated from the bf16 ring: two bf16 roundings (ring, product) of the float32 weight at most
+    assert bool(((w16.float() - w32).abs() <= (2**-7 + 2**-15) * w32.abs()).all())
+    x = _x()
+    out16 = _logits(bf16, x.bfloat16())
+    assert out16.dtype == torch.bfloat16
+    # bit-identical to the same float32 model cast to bf16, and to its bf16 expansion
+    cast = rpg_hf.RPGForImageClassification(model.config).eval()
+    cast.load_state_dict(model.state_dict())
+    assert torch.equal(out16, _logits(cast.to(torch.bfloat16), x.bfloat16()))
+    with torch.no_grad():
+        assert torch.equal(out16, bf16.expand().eval()(x.bfloat16()))
+    # and within bf16 precision of the float32 logits
+    out32 = _logits(model, x)
+    assert (out16.float() - out32).abs().max() <= BF16_LOGIT_TOL * out32.abs().max()
     cpu = AutoModelForImageClassification.from_pretrained(path, device_map="cpu").eval()
     assert torch.equal(_logits(model, _x()), _logits(cpu, _x()))
 

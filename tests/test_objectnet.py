@@ -341,29 +341,98 @@ def test_update_model_card_replaces_objectnet_results(tmp_path: Path) -> None:
     assert card.data.license == "apache-2.0" and "Some text." in card.text
 
 
-def test_recipe_end_to_end_with_tiny_timm_model(tree: tuple[Path, dict[int, int]], tmp_path: Path) -> None:
+# The recipe's model below has constant logits (zero head weights): every image gets this ranking
+# of the overlap classes, and an unmapped ImageNet class (index 0) gets the global max.
+CONSTANT_RANKING = ["chair", "pen", "bicycle", "alarm_clock", "mug", "banana", "wok"]
+
+
+def _constant_logits() -> torch.Tensor:
+    bias = torch.zeros(1000)
+    bias[0] = 100.0
+    ids = {folder: pytorch for folder, _, pytorch in OVERLAP}
+    for rank, folder in enumerate(CONSTANT_RANKING):
+        for i in ids[folder]:
+            bias[i] = 9.5 - rank
+        bias[ids[folder][-1]] = 10.0 - rank  # the class score sits on its last ImageNet id
+    return bias
+
+
+def _expected_constant_results() -> dict[str, float]:
+    """By hand: every image is predicted "chair" (top-1) and the first five classes (top-5)."""
+    per_class = {folder: 2 for folder, _, _ in OVERLAP}  # ObjectNet: two images per overlap class
+    n_ids = {folder: len(pytorch) for folder, _, pytorch in OVERLAP}  # ImageNet val: one image per id
+    top5 = CONSTANT_RANKING[:5]
+    return {
+        "n": 14, "top1_correct": per_class["chair"], "top5_correct": sum(per_class[f] for f in top5),
+        "val_n": 13, "val_top1": 100 * n_ids["chair"] / 13, "val_top5": 100 * sum(n_ids[f] for f in top5) / 13,
+    }
+
+
+@pytest.fixture(scope="module")
+def recipe_inputs(tree: tuple[Path, dict[int, int]], tmp_path_factory) -> tuple[Path, Path]:
+    """A timm folder whose model has constant logits, and an ImageNet-val tree (one image per class)."""
     import timm
     from timm.models import save_for_hf
 
-    root, labels = tree
+    root = tmp_path_factory.mktemp("recipe")
     model = timm.create_model("test_resnet", pretrained=False, num_classes=1000)
-    folder = tmp_path / "tiny"
+    with torch.no_grad():
+        model.fc.weight.zero_()
+        model.fc.bias.copy_(_constant_logits())
+    folder = root / "tiny"
     save_for_hf(model, str(folder))
     (folder / "README.md").write_text("---\nlicense: apache-2.0\n---\n\n# tiny\n")
-    val = tmp_path / "imagenet_val"  # one image per class; WordNet-id-like names sort in pytorch order
+    val = root / "imagenet_val"  # WordNet-id-like names sort in pytorch order
     for i in range(1000):
         (val / f"n{i:08d}").mkdir(parents=True)
         Image.new("RGB", (8, 8), (i % 256, 0, 0)).save(val / f"n{i:08d}" / "x.png")
+    return folder, val
+
+
+def _recipe_argv(tree_root: Path, folder: Path, val: Path, out: Path) -> list[str]:
+    return ["--model", f"local-dir:{folder}", "--objectnet-root", str(tree_root), "--imagenet-val", str(val),
+            "--batch-size", "4", "--num-workers", "0", "--image-size", "32", "--crop-pct", "1.0",
+            "--output", str(out), "--model-card"]
+
+
+def _check_recipe_results(res: dict, folder: Path) -> None:
+    want = _expected_constant_results()
+    assert res["dataset"] == "ObjectNet" and res["classes"] == len(OVERLAP)
+    assert (res["n_images"], res["top1_correct"], res["top5_correct"]) == (want["n"], want["top1_correct"],
+                                                                          want["top5_correct"])
+    assert res["top1"] == pytest.approx(100 * 2 / 14) and res["top5"] == pytest.approx(100 * 10 / 14)
+    val = res["imagenet_val_subset"]
+    assert val["n_images"] == want["val_n"]
+    assert val["top1"] == pytest.approx(want["val_top1"]) and val["top1"] == pytest.approx(100 * 3 / 13)
+    assert val["top5"] == pytest.approx(want["val_top5"]) and val["top5"] == pytest.approx(100 * 11 / 13)
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(folder / "README.md")
+    scores = {r.metric_name: r.metric_value for r in card.data.eval_results if r.dataset_name == "ObjectNet"}
+    assert scores == {"Top-1 Accuracy": pytest.approx(res["top1"], abs=1e-3),
+                      "Top-5 Accuracy": pytest.approx(res["top5"], abs=1e-3)}
+
+
+def test_recipe_in_process_gives_the_hand_computed_scores(tree, recipe_inputs, tmp_path: Path) -> None:
+    from accelerate.state import AcceleratorState, GradientState
+
+    folder, val = recipe_inputs
+    recipe = _load_recipe()
+    try:
+        res = recipe.main(_recipe_argv(tree[0], folder, val, tmp_path / "results.json"))
+    finally:
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+    assert json.loads((tmp_path / "results.json").read_text()) == res
+    _check_recipe_results(res, folder)
+
+
+@pytest.mark.slow
+def test_recipe_end_to_end_with_tiny_timm_model(tree, recipe_inputs, tmp_path: Path) -> None:
+    """The recipe as a user runs it: its own interpreter, the same hand-computed scores."""
+    folder, val = recipe_inputs
     out = tmp_path / "res" / "results.json"
-    cmd = [sys.executable, str(SCRIPT), "--model", f"local-dir:{folder}", "--objectnet-root", str(root),
-           "--imagenet-val", str(val), "--batch-size", "4", "--num-workers", "0", "--image-size", "32",
-           "--crop-pct", "1.0", "--output", str(out), "--model-card"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=180)
+    proc = subprocess.run([sys.executable, str(SCRIPT), *_recipe_argv(tree[0], folder, val, out)],
+                          capture_output=True, text=True, env=_env(), timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    res = json.loads(out.read_text())
-    for key in ("model", "dataset", "n_images", "top1", "top5", "classes"):
-        assert key in res
-    assert res["dataset"] == "ObjectNet" and res["n_images"] == len(labels) and res["classes"] == len(OVERLAP)
-    assert 0.0 <= res["top1"] <= res["top5"] <= 100.0
-    assert res["imagenet_val_subset"]["n_images"] == sum(len(ids) for _, _, ids in OVERLAP)
-    assert "ObjectNet" in (folder / "README.md").read_text()
+    _check_recipe_results(json.loads(out.read_text()), folder)

@@ -86,6 +86,7 @@ def _run(args: list[str], launcher: list[str]) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.slow
 def test_sweep_end_to_end_and_resume(tmp_path):
     data = _tiny_idx(tmp_path / "tiny_idx")
     config = _tiny_config(tmp_path, data)
@@ -110,7 +111,9 @@ def test_sweep_end_to_end_and_resume(tmp_path):
     assert len(runs) == 2 + 1 + 1 + len(ABLATIONS)
     for r in runs:
         assert RUN_KEYS <= set(r), r
-        assert 0.0 <= r["top1"] <= 1.0 and r["test_samples"] == 30 and r["train_samples"] == 50
+        assert r["test_samples"] == 30 and r["train_samples"] == 50
+        correct = r["top1"] * 30  # a count of the 30 test images
+        assert 0 <= round(correct) <= 30 and abs(correct - round(correct)) < 1e-9, r["top1"]
         assert r["epochs"] == 1 and r["steps"] == 2
     by_role = {}
     for r in runs:
@@ -170,6 +173,106 @@ def test_sweep_end_to_end_and_resume(tmp_path):
     assert f"{len(runs)} already finished (skipped), 0 pending" in second.stdout
     assert {p.name: p.stat().st_mtime_ns for p in (results / "runs").glob("*.json")} == mtimes
     assert json.loads((results / "summary.json").read_text())["runs"] == summary["runs"]
+
+
+# Hand-made results of the tiny grid (2 seeds): top-1 per (method, seed), means/stds worked out by hand.
+HAND_TOP1 = {
+    "rpg@300": (0.70, 0.70),  # error 0.30 at both seeds
+    "vanilla-full": (0.80, 0.84),  # mean 82.00, std |0.84 - 0.80| / sqrt(2) = 2.83 points
+    "vanilla-equal": (0.60, 0.66),  # 63.00 ± 4.24
+    "plain-sharing": (0.50, 0.60),  # 55.00 ± 7.07
+    "rpg-no-permute": (0.71, 0.73),  # 72.00 ± 1.41
+    "rpg-no-sign-flip": (0.68, 0.70),  # 69.00 ± 1.41
+    "rpg-stage-rings": (0.75, 0.75),  # 75.00 ± 0.00
+}
+
+
+def _hand_key(run: dict, small_dof: int) -> str:
+    if run["method"] == "rpg":
+        return "rpg@300" if run["dof"] == small_dof else "rpg@matched"
+    if run["method"] == "vanilla":
+        return "vanilla-full" if run["role"] == "full" else "vanilla-equal"
+    return run["method"]
+
+
+def _hand_made_runs(sweep, tmp_path: Path):
+    """The tiny grid with both seeds, and a per-run JSON for each point written by hand."""
+    cfg = yaml.safe_load(_tiny_config(tmp_path, tmp_path / "no-data").read_text())
+    cfg["seeds"] = [0, 1]
+    grid = sweep.build_grid(cfg)
+    proto = sweep.protocol_of(cfg)
+    fp = sweep.fingerprint(proto)
+    matched_dof = next(r["dof"] for r in grid if r["method"] == "rpg" and r["matched_vanilla"])
+    # the matched RPG runs lie on error = 0.3 * (dof / 300) ** -0.5: the fit must give exactly 0.5, R² 1
+    top1 = dict(HAND_TOP1, **{"rpg@matched": (1 - 0.3 * (matched_dof / 300) ** -0.5,) * 2})
+    runs_dir = tmp_path / "results" / "runs"
+    runs_dir.mkdir(parents=True)
+    for r in grid:
+        rec = dict(r, top1=top1[_hand_key(r, 300)][r["seed"]], protocol_fingerprint=fp, device="cpu",
+                   train_samples=50, test_samples=30, steps=2, epochs=1, train_seconds=1.5, eval_seconds=0.5,
+                   train_loss_last_epoch=(1.0, 0.5)[r["seed"]])
+        (runs_dir / f"{r['run_id']}.json").write_text(json.dumps(rec))
+    return cfg, grid, proto, fp, runs_dir, matched_dof
+
+
+def test_summary_aggregates_hand_made_runs(tmp_path):
+    """summarize() on per-run JSONs written here: the means, stds, fit and table rows are checked against
+    values worked out by hand, and a missing or stale run is reported, not averaged in."""
+    sweep = _sweep_module()
+    cfg, grid, proto, fp, runs_dir, matched_dof = _hand_made_runs(sweep, tmp_path)
+    assert len(grid) == 2 * (2 + 1 + 1 + len(ABLATIONS))
+    results = tmp_path / "results"
+    summary = sweep.summarize(cfg, grid, proto, fp, results, runs_dir, "pytest")
+    groups = {(g["method"], g["role"], g["dof"]): g for g in summary["aggregate"]}
+    assert len(groups) == 8
+    expected = {  # (mean, std) in fractions
+        "rpg@300": (0.70, 0.0), "rpg@matched": (1 - 0.3 * (matched_dof / 300) ** -0.5, 0.0),
+        "vanilla-full": (0.82, 0.04 / math.sqrt(2)), "vanilla-equal": (0.63, 0.06 / math.sqrt(2)),
+        "plain-sharing": (0.55, 0.10 / math.sqrt(2)), "rpg-no-permute": (0.72, 0.02 / math.sqrt(2)),
+        "rpg-no-sign-flip": (0.69, 0.02 / math.sqrt(2)), "rpg-stage-rings": (0.75, 0.0),
+    }
+    for g in summary["aggregate"]:
+        mean, std = expected[_hand_key(g, 300)]
+        assert g["n"] == 2 and g["seeds"] == [0, 1]
+        assert g["top1_mean"] == pytest.approx(mean, abs=1e-12), g
+        assert g["top1_std"] == pytest.approx(std, abs=1e-12), g
+        assert g["train_loss_mean"] == pytest.approx(0.75)
+    fit = summary["fit"]
+    assert fit["arch"] == "cifar_resnet18" and fit["n_points"] == 4
+    assert fit["exponent"] == pytest.approx(0.5, abs=1e-9) and fit["r2"] == pytest.approx(1.0, abs=1e-9)
+    assert fit["coefficient"] == pytest.approx(0.3 * 300**0.5, rel=1e-9)
+    assert summary["compute"] == {"runs_finished": 16, "runs_in_grid": 16, "missing": [], "stale_protocol": [],
+                                  "sum_train_seconds": 24.0, "sum_eval_seconds": 8.0}
+    table = (results / "table.md").read_text()
+    full = next(g for g in summary["aggregate"] if g["role"] == "full")
+    assert (f"| cifar_resnet18 | vanilla (full) | 4 | {full['dof']:,} | {full['params']:,} | {full['params']:,} "
+            "| 2 | 82.00 ± 2.83 | 0.750 |") in table
+    for text in ("| 63.00 ± 4.24 |", "| 55.00 ± 7.07 |", "| 72.00 ± 1.41 |", "| 69.00 ± 1.41 |", "| 75.00 ± 0.00 |",
+                 "| 70.00 ± 0.00 |", "DoF^-0.5000, R² = 1.000 (4 runs", "Runs finished: 16 of 16"):
+        assert text in table, text
+
+    # resume bookkeeping: a finished run is recognised by its fingerprint; a stale or missing one is not
+    gone, stale = grid[0], next(r for r in grid if r["role"] == "full")
+    assert sweep.finished(runs_dir, gone, fp) and not sweep.finished(runs_dir, gone, "other")
+    (runs_dir / f"{gone['run_id']}.json").unlink()
+    rec = json.loads((runs_dir / f"{stale['run_id']}.json").read_text())
+    (runs_dir / f"{stale['run_id']}.json").write_text(json.dumps(dict(rec, protocol_fingerprint="old")))
+    assert not sweep.finished(runs_dir, gone, fp) and not sweep.finished(runs_dir, stale, fp)
+    summary = sweep.summarize(cfg, grid, proto, fp, results, runs_dir, "pytest")
+    assert summary["compute"]["missing"] == sorted([gone["run_id"], stale["run_id"]], key=[r["run_id"] for r in grid].index)
+    assert summary["compute"]["stale_protocol"] == [stale["run_id"]]
+    full = next(g for g in summary["aggregate"] if g["role"] == "full")
+    other_seed = 1 - stale["seed"]
+    assert (full["n"], full["top1_mean"], full["top1_std"]) == (1, HAND_TOP1["vanilla-full"][other_seed], 0.0)
+
+
+def test_runs_are_dealt_to_two_processes_in_snake_order():
+    """The two-process sweep's split (fast stand-in for the slow accelerate launch): by cost, snake order."""
+    sweep = _sweep_module()
+    runs = [{"run_id": str(p), "params": p} for p in (10, 50, 40, 30, 20, 60)]
+    shares = sweep.assign(runs, 2)
+    assert [[r["params"] for r in share] for share in shares] == [[60, 30, 20], [50, 40, 10]]
+    assert sorted(r["run_id"] for share in shares for r in share) == sorted(r["run_id"] for r in runs)
 
 
 def test_claim_verdicts_are_computed_from_the_numbers():

@@ -7,6 +7,7 @@
 from . import timm_models  # noqa: F401  (registers rpg_* with timm)
 from .auto import register as _register
 from .configuration_rpg import RPGConfig
+from .fold import FoldReport, fold, fold_into
 from .generator import GENERATOR_VERSION
 from .modeling_rpg import RPGForImageClassification, RPGPreTrainedModel, save_expanded
 from .reparam import DofTable, GeneratedLayer, RPGGenerator, dof_table, expand, get_generator, reparameterize
@@ -18,6 +19,7 @@ _register()
 __all__ = [
     "GENERATOR_VERSION",
     "DofTable",
+    "FoldReport",
     "GeneratedLayer",
     "RPGConfig",
     "RPGForImageClassification",
@@ -26,6 +28,8 @@ __all__ = [
     "RPGSpec",
     "dof_table",
     "expand",
+    "fold",
+    "fold_into",
     "get_generator",
     "reparameterize",
     "save_expanded",

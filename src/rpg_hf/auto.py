@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from transformers import AutoConfig, AutoModelForImageClassification
 
+from . import timm_hub  # noqa: F401  (registers timm's generic `rpg` entrypoint: hf-hub:/local-dir: loading)
 from .configuration_rpg import RPGConfig
 from .modeling_rpg import RPGForImageClassification
 

@@ -1,4 +1,4 @@
-"""The `rpg-hf` command (also `python -m rpg_hf`): convert, info, expand, card, push, demo, scaling.
+"""The `rpg-hf` command (also `python -m rpg_hf`): convert, info, expand, card, push, fold, demo, scaling.
 
 Heavy imports happen inside the subcommands so that `rpg-hf --help` answers at once.
 """
@@ -75,8 +75,10 @@ def cmd_expand(args: argparse.Namespace) -> None:
     native = "transformers" if model.config.backbone == "vit" else "timm"
     if args.format == "timm" and native != "timm":
         raise SystemExit("error: a ViT backbone exports as a transformers folder (--format transformers)")
-    # A timm export is also a transformers folder: its config.json (architecture + pretrained_cfg)
-    # loads through transformers' TimmWrapper, so both formats write the same files for timm.
+    if args.format == "transformers" and native != "transformers":
+        raise SystemExit("error: a timm backbone exports as a timm folder (--format timm); it loads with "
+                         "timm.create_model('local-dir:<folder>', pretrained=True) and with transformers' "
+                         "AutoModelForImageClassification (TimmWrapper)")
     out = rpg_hf.save_expanded(model, args.out)
     print(f"expanded {model.config.architecture} to {out} ({native} format)")
 
@@ -88,7 +90,9 @@ def cmd_card(args: argparse.Namespace) -> None:
     results = []
     for path in args.results or ():
         results += results_from_json(path)
-    card = write_model_card(model, args.path, results=results, recipe_command=args.recipe_command)
+    fields = {"model_id": args.model_id, "datasets": args.dataset, "recipe_command": args.recipe_command}
+    card = write_model_card(model, args.path, results=results, template=args.template,
+                            **{k: v for k, v in fields.items() if v})
     print(f"wrote {Path(args.path) / 'README.md'} ({len(card.data.eval_results or [])} eval result(s))")
 
 
@@ -118,6 +122,26 @@ def cmd_scaling(args: argparse.Namespace) -> None:
                 print(f"  predicted top-1 at DoF {dof:,}: {100 * fit.predict_top1(dof):.2f}%")
     if args.plot:
         print(f"plot: {plot_scaling(runs, fits, args.plot)}")
+
+
+def cmd_fold(args: argparse.Namespace) -> None:
+    from .fold import config_from_model, fold, load_source
+
+    model_args = json.loads(args.model_args) if args.model_args else None
+    try:
+        source = load_source(args.source, arch=args.arch, model_args=model_args, num_labels=args.num_labels)
+        config = config_from_model(source, args.dof, model_args=model_args, seed=args.seed, scope=args.scope,
+                                   permute=not args.no_permute, sign_flip=not args.no_sign_flip)
+        model, report = fold(source, config, weighting=args.weighting)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        raise SystemExit(f"error: {err}") from err
+    model.save_pretrained(args.out)
+    if args.json:
+        print(json.dumps({"source": args.source, "out": args.out, **report.to_dict()}, indent=2))
+        return
+    print(report)
+    print(f"saved ring-only {config.architecture} folded from {args.source} (dof={config.dof:,}, relative error "
+          f"{report.rel_error:.4f}) to {args.out}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -150,13 +174,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="folder or Hub repo id")
     p.add_argument("out", help="output folder")
     p.add_argument("--format", choices=["timm", "transformers"], default=None,
-                   help="default: the backbone's native format (timm CNN folders load in both)")
+                   help="default: the backbone's native format (timm for a timm CNN, transformers for a ViT)")
     p.set_defaults(func=cmd_expand)
 
-    p = sub.add_parser("card", help="(re)write the model card, optionally with evaluation results")
+    p = sub.add_parser("card", help="(re)write the model card from the template, optionally with evaluation results",
+                       description="Render README.md of a ring-only folder from the model-card template "
+                                   "(model_cards/template.md). The results and datasets of an existing card are "
+                                   "kept; its other text is rewritten. The repository's catalogue of cards is "
+                                   "rendered by `python model_cards/render.py`.")
     p.add_argument("path", help="local checkpoint folder")
     p.add_argument("--results", nargs="*", help="results JSON file(s)")
     p.add_argument("--recipe-command", default=None, help="the command that produced the model")
+    p.add_argument("--model-id", default=None, help="Hub id shown in the card (default: the folder's name)")
+    p.add_argument("--dataset", action="append", default=None, help="training dataset id (repeatable)")
+    p.add_argument("--template", default=None, help="another Jinja template (default: rpg_hf's)")
     p.set_defaults(func=cmd_card)
 
     p = sub.add_parser("push", help="upload a ring-only folder and its card to the Hub")
@@ -175,6 +206,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, help="write a PNG plot here")
     p.add_argument("--predict", type=int, nargs="*", help="DoF values to predict accuracy at")
     p.set_defaults(func=cmd_scaling)
+
+    p = sub.add_parser("fold", help="fold a trained timm / ViT network into a ring (least squares), saved ring-only")
+    p.add_argument("source", help="timm or transformers ViT folder, RPG checkpoint (refold), weights file of --arch, "
+                                  "or a pretrained timm model name")
+    p.add_argument("--dof", type=int, required=True, help="degrees of freedom (ring size)")
+    p.add_argument("-o", "--out", required=True, help="output folder (loads with from_pretrained)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scope", default="global", choices=["global", "stage", "block"])
+    p.add_argument("--no-permute", action="store_true", help="ablation: no per-layer permutation")
+    p.add_argument("--no-sign-flip", action="store_true", help="ablation: no per-layer sign flip")
+    p.add_argument("--arch", default=None, help="timm architecture of a bare weights file")
+    p.add_argument("--model-args", default=None, help="JSON of timm.create_model kwargs for a bare weights file")
+    p.add_argument("--num-labels", type=int, default=None, help="head size (default: read from the weights)")
+    p.add_argument("--weighting", default="uniform", choices=["uniform", "relative"],
+                   help="least-squares objective: the plain reconstruction error, or every layer's relative error "
+                        "counted equally")
+    p.add_argument("--json", action="store_true", help="print the fit report as JSON")
+    p.set_defaults(func=cmd_fold)
 
     p = sub.add_parser("demo", help="train RPG vs equal-DoF vanilla on Fashion-MNIST and compare")
     from . import demo

@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-UPLOADED = ("config.json", "model.safetensors", "preprocessor_config.json", "README.md")
+UPLOADED = ("config.json", "model.safetensors", "preprocessor_config.json", "README.md",
+            "configuration_rpg.py", "modeling_rpg.py")  # the last two: trust_remote_code loading
 
 
 def upload_folder(

@@ -10,38 +10,27 @@ transformers' own loader (meta-device construction, ``dtype=``, ``device_map=``)
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel, ViTConfig, ViTForImageClassification
+from transformers import PreTrainedModel
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from . import checkpoint
 from .configuration_rpg import RPGConfig
+from .remote_code.modeling_rpg import (
+    AUTO_MAP,
+    BLOCK_SIZE_SUFFIX,
+    build_backbone,
+    dequantize_state_dict,
+    image_processor_for,
+    write_remote_code,
+)
 from .reparam import GeneratedLayer, RPGGenerator, expand, get_generator, reparameterize
-
-
-def build_backbone(config: RPGConfig) -> nn.Module:
-    """The plain (not yet re-parameterized) backbone a config describes."""
-    if config.backbone == "vit":
-        vit_cfg = ViTConfig(**{**config.vit_config, "num_labels": config.num_labels,
-                               "id2label": config.id2label, "label2id": config.label2id})
-        return ViTForImageClassification(vit_cfg)
-    import timm
-
-    try:
-        return timm.create_model(config.architecture, pretrained=False, num_classes=config.num_labels,
-                                 **(config.model_args or {}))
-    except RuntimeError as err:
-        if "Unknown model" in str(err):
-            raise ValueError(
-                f"unknown timm architecture {config.architecture!r} (timm {timm.__version__}); "
-                "check the name with timm.list_models()"
-            ) from err
-        raise
 
 
 class RPGPreTrainedModel(PreTrainedModel):
@@ -98,26 +87,32 @@ class RPGPreTrainedModel(PreTrainedModel):
 
     def image_processor(self):
         """The image processor matching the backbone's preprocessing (saved beside the model)."""
-        from transformers import BitImageProcessor
-
-        size = self.config.image_size
-        return BitImageProcessor(
-            do_resize=True, size={"shortest_edge": int(round(size / self.config.crop_pct))},
-            do_center_crop=True, crop_size={"height": size, "width": size},
-            do_normalize=True, image_mean=self.config.mean, image_std=self.config.std, do_convert_rgb=True,
-        )
+        return image_processor_for(self.config)
 
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, save_directory, *args, model_card: bool = True, **kwargs):
-        """Write config, the ring-only safetensors, the image processor and (by default) a model card."""
-        kwargs.setdefault("state_dict", checkpoint.ring_only_state_dict(self))
+        """Write config, the ring-only safetensors, the image processor, the remote code and a model card.
+
+        ``configuration_rpg.py`` / ``modeling_rpg.py`` (from :mod:`rpg_hf.remote_code`) and the
+        ``auto_map`` in config.json let ``trust_remote_code=True`` load the folder without rpg_hf.
+        A ``state_dict`` passed in (``Trainer`` does) is converted to the ring-only form too.
+        """
+        kwargs["state_dict"] = checkpoint.ring_only_state_dict(self, kwargs.get("state_dict"))
+        self.config.auto_map = dict(AUTO_MAP)
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
+            write_remote_code(save_directory)
             self.image_processor().save_pretrained(save_directory)
             if model_card:
                 from .cards import write_model_card
 
                 write_model_card(self, save_directory)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """`nn.Module.load_state_dict` that also takes int8 rings (``Trainer`` resuming an int8 checkpoint)."""
+        if any(k.endswith(BLOCK_SIZE_SUFFIX) for k in state_dict):
+            state_dict = dequantize_state_dict(dict(state_dict))
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):
@@ -153,7 +148,7 @@ class RPGPreTrainedModel(PreTrainedModel):
         """Upload the ring-only folder and its model card (keyword-only, like transformers 5).
 
         The card is built locally (no read of a remote card), then one commit uploads config.json,
-        model.safetensors, preprocessor_config.json and README.md.
+        model.safetensors, preprocessor_config.json, README.md and the two remote-code files.
         """
         from .cards import write_model_card
         from .hub import upload_folder
@@ -213,6 +208,13 @@ def save_expanded(model: RPGPreTrainedModel, directory: str | os.PathLike) -> Pa
         labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
         save_for_hf(plain, directory, model_config={"label_names": labels},
                     model_args=model.config.model_args or None, safe_serialization=True)
+        # timm's own folder, loadable by transformers' TimmWrapper too: it passes num_classes
+        # itself, so a second one in model_args would be a duplicate keyword argument
+        config_path = directory / "config.json"
+        config = json.loads(config_path.read_text())
+        if isinstance(config.get("model_args"), dict):
+            config["model_args"].pop("num_classes", None)
+            config_path.write_text(json.dumps(config, indent=2) + "\n")
     return directory
 
 

@@ -16,9 +16,6 @@ Why two granularities.  The paper (Wang et al., WACV 2023) shows RPG composes wi
   channels (weight rows and bias entries) of smallest L1 norm.  Channels are zeroed, not removed,
   so the architecture — and the timm / transformers checkpoint format — is unchanged; a
   following norm layer still adds its bias.  The classifier head is skipped by default.
-
-Edits to ring data go through ``.data`` under ``no_grad``, so the generator cache is invalidated
-explicitly (``model.rpg.invalidate_cache()``).
 """
 
 from __future__ import annotations
@@ -32,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .quantization import _invalidate, find_generator
+from .reparam import get_generator
 
 __all__ = [
     "ChannelPruneReport",
@@ -82,7 +79,6 @@ class RingMask:
         """Zero the pruned entries again (call after ``optimizer.step()`` if no hooks are used)."""
         for ring, mask in zip(self.generator.rings, self.masks, strict=True):
             ring.masked_fill_(~mask.to(ring.device).view_as(ring), 0)
-        _invalidate(self.generator)
 
     def register_hooks(self) -> RingMask:
         """Gradient hooks that zero the gradient of pruned entries, so optimizers leave them at 0.
@@ -107,7 +103,7 @@ class RingMask:
     @classmethod
     def from_model(cls, model: Any) -> RingMask:
         """The mask implied by the zeros of a loaded (pruned) ring: zero entries count as pruned."""
-        gen = find_generator(model)
+        gen = get_generator(model)
         return cls(gen, [ring.detach().ne(0).reshape(-1) for ring in gen.rings])
 
 
@@ -130,7 +126,7 @@ def prune_ring(model: Any, sparsity: float, *, hooks: bool = True) -> RingMask:
     rings, so exactly that many entries are pruned.  With ``hooks`` (default) gradient hooks keep
     the pruned entries at zero during fine-tuning; remove them with ``mask.remove_hooks()``.
     """
-    gen = find_generator(model)
+    gen = get_generator(model)
     rings = list(gen.rings)
     sizes = [r.numel() for r in rings]
     total = sum(sizes)

@@ -44,6 +44,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .reparam import get_generator
+
 __all__ = [
     "QUANT_SCHEME",
     "QuantizedRing",
@@ -51,7 +53,6 @@ __all__ = [
     "dequantize_ring",
     "dequantize_state_dict",
     "evaluate_accuracy",
-    "find_generator",
     "is_quantized_state_dict",
     "quantize_model_rings",
     "quantize_ring",
@@ -63,35 +64,6 @@ QMAX = 127
 SCALE_SUFFIX = ".scale"
 BLOCK_SIZE_SUFFIX = ".block_size"
 RING_KEY_PATTERN = re.compile(r"(^|\.)rpg\.rings\.\d+$")  # ring entries of a re-parameterized model
-
-
-# --------------------------------------------------------------------------- generator lookup
-
-
-def find_generator(model: Any) -> Any:
-    """The RPG generator of ``model``: ``model.rpg``, else the first sub-module that owns rings.
-
-    Tolerant on purpose: a Hugging Face wrapper may keep the re-parameterized backbone in a
-    sub-module, and callers may pass duck-typed objects (anything with ``rings``).
-    """
-    gen = getattr(model, "rpg", None)
-    if gen is not None and hasattr(gen, "rings"):
-        return gen
-    if hasattr(model, "rings") and hasattr(model, "spec"):
-        return model
-    modules = getattr(model, "modules", None)
-    if callable(modules):
-        for m in modules():
-            gen = getattr(m, "rpg", None)
-            if gen is not None and hasattr(gen, "rings"):
-                return gen
-    raise ValueError(f"{type(model).__name__} is not re-parameterized by rpg_hf (no ring generator found)")
-
-
-def _invalidate(gen: Any) -> None:
-    fn = getattr(gen, "invalidate_cache", None)
-    if callable(fn):
-        fn()
 
 
 # --------------------------------------------------------------------------- quantized ring
@@ -211,16 +183,14 @@ def quantize_model_rings(model: nn.Module, block_size: int | None = None) -> lis
     """Replace every ring's values in place by their int8 round trip; returns the QuantizedRings.
 
     Afterwards the model computes exactly what a model loaded from the int8 checkpoint computes.
-    The generator cache is invalidated.
     """
-    gen = find_generator(model)
+    gen = get_generator(model)
     out = []
     with torch.no_grad():
         for ring in gen.rings:
             q = quantize_ring(ring, block_size=block_size)
             ring.copy_(dequantize_ring(q).to(device=ring.device, dtype=ring.dtype).view_as(ring))
             out.append(q)
-    _invalidate(gen)
     return out
 
 

@@ -323,10 +323,14 @@ def _detach(module: nn.Module, weight: torch.Tensor) -> None:
 
 
 def get_generator(model: nn.Module) -> RPGGenerator:
+    """The model's ring holder: ``model.rpg``, else the one inside a wrapper (timm's feature nets)."""
     gen = getattr(model, GENERATOR_ATTR, None)
-    if not isinstance(gen, RPGGenerator):
+    if isinstance(gen, RPGGenerator):
+        return gen
+    found = next((m for m in model.modules() if isinstance(m, RPGGenerator)), None)
+    if found is None:
         raise ValueError(f"{type(model).__name__} is not re-parameterized by rpg_hf (no `.{GENERATOR_ATTR}`)")
-    return gen
+    return found
 
 
 def _named_targets(model: nn.Module, layers: list[GeneratedLayer]) -> list[nn.Module]:
@@ -381,13 +385,20 @@ def reparameterize(
 
 
 def expand(model: nn.Module) -> nn.Module:
-    """A plain copy of the model (same class) with the generated weights materialised as parameters."""
-    gen = get_generator(model)
-    weights = gen.generate_all()
+    """A plain copy of the model (same class) with the generated weights materialised as parameters.
+
+    Generated modules are found by the position they carry, not by name, so models whose
+    modules were renamed or dropped after re-parameterization (timm's feature wrappers) expand too.
+    """
+    weights = get_generator(model).generate_all()
     plain = copy.deepcopy(model)
-    del plain._modules[GENERATOR_ATTR]
-    for layer, weight in zip(gen.layers, weights, strict=True):
-        _detach(plain.get_submodule(layer.name), weight.clone())
+    for name, module in list(plain.named_modules()):
+        if isinstance(module, RPGGenerator):
+            parent, _, child = name.rpartition(".")
+            del plain.get_submodule(parent)._modules[child]
+    for module in plain.modules():
+        if "_rpg_position" in module.__dict__:
+            _detach(module, weights[module._rpg_position].clone())
     return plain
 
 

@@ -92,11 +92,11 @@ def _build(cc: str, flags: list[str], target: Path) -> None:
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     i64, ptr, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
     lib.rpg_abi_version.restype = c_int
-    lib.rpg_forward.argtypes = [c_int, ptr, i64, i64, ptr, ptr, ptr, ptr, c_int]
+    lib.rpg_forward.argtypes = [c_int, ptr, i64, i64, ptr, ptr, ptr, c_int]
     lib.rpg_forward.restype = c_int
-    lib.rpg_backward.argtypes = [c_int, ptr, i64, i64, ptr, ptr, ptr, ptr, c_int]
+    lib.rpg_backward.argtypes = [c_int, ptr, i64, i64, ptr, ptr, ptr, c_int]
     lib.rpg_backward.restype = c_int
-    if lib.rpg_abi_version() != 4:
+    if lib.rpg_abi_version() != 3:
         raise RuntimeError("unexpected rpg_cpu ABI version")
     return lib
 
@@ -172,25 +172,26 @@ def _ptrs(tensors) -> ctypes.Array:
 
 
 def forward(ring: torch.Tensor, plan: RingPlan, dtype: torch.dtype | None = None,
-            indices_out: list | None = None) -> tuple[torch.Tensor, ...]:
+            out: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, ...]:
     """Every layer of ``plan`` generated from ``ring`` (a CPU float32/float64 tensor), one tensor each.
 
-    With ``indices_out`` (a list), one int32 tensor per layer is appended to it: each weight's
-    ring index and sign, for :func:`backward` to reuse instead of recomputing them.
+    ``out``: contiguous tensors of the plan's shapes in the ring's dtype to write into (reused
+    buffers skip the page faults of fresh memory), else new ones.
     """
     lib = load()
     assert lib is not None and ring.dtype in _DTYPES
     ring = ring.detach().contiguous()
-    outs = [torch.empty(shape, dtype=ring.dtype) for shape in plan.shapes]
-    saved = None
-    if indices_out is not None:
-        saved = [torch.empty(n, dtype=torch.int32) for n in plan.numels]
-        indices_out.extend(saved)
+    if out is None:
+        outs = [torch.empty(shape, dtype=ring.dtype) for shape in plan.shapes]
+    else:
+        outs = list(out)
+        if not all(o.dtype == ring.dtype and o.is_contiguous() and tuple(o.shape) == s
+                   for o, s in zip(outs, plan.shapes, strict=True)):
+            raise ValueError("cpu.forward: out tensors must be contiguous, in the ring's dtype and the plan's shapes")
     mult = plan.mult(ring.dtype)
     meta = plan.meta
     rc = lib.rpg_forward(_DTYPES[ring.dtype], ring.data_ptr(), plan.ring_size, plan.num_layers,
-                         meta.data_ptr(), mult.data_ptr(), _ptrs(outs), _ptrs(saved) if saved else None,
-                         _threads())
+                         meta.data_ptr(), mult.data_ptr(), _ptrs(outs), _threads())
     if rc != 0:
         raise MemoryError("rpg_forward: out of memory for its scratch tables")
     if dtype is not None and dtype != ring.dtype:
@@ -198,20 +199,16 @@ def forward(ring: torch.Tensor, plan: RingPlan, dtype: torch.dtype | None = None
     return tuple(outs)
 
 
-def backward(grads, plan: RingPlan, ring_dtype: torch.dtype, indices=None) -> torch.Tensor:
-    """dL/dring from per-layer weight gradients (None: the layer got no gradient).
-
-    ``indices``: per layer the tensor :func:`forward` saved (or None: recompute), same result.
-    """
+def backward(grads, plan: RingPlan, ring_dtype: torch.dtype) -> torch.Tensor:
+    """dL/dring from per-layer weight gradients (None: the layer got no gradient)."""
     lib = load()
     assert lib is not None
     acc_dtype = ring_dtype if ring_dtype in _DTYPES else torch.float32
     gs = [None if g is None else g.detach().to(acc_dtype).contiguous() for g in grads]
     acc = torch.zeros(plan.ring_size, dtype=acc_dtype)
     mult = plan.mult(acc_dtype)
-    saved = _ptrs(indices) if indices is not None and any(i is not None for i in indices) else None
     rc = lib.rpg_backward(_DTYPES[acc_dtype], acc.data_ptr(), plan.ring_size, plan.num_layers,
-                          plan.meta.data_ptr(), mult.data_ptr(), _ptrs(gs), saved, _threads())
+                          plan.meta.data_ptr(), mult.data_ptr(), _ptrs(gs), _threads())
     if rc != 0:
         raise MemoryError("rpg_backward: out of memory for its scratch tables")
     return acc if acc_dtype == ring_dtype else acc.to(ring_dtype)

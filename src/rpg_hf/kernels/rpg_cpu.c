@@ -19,8 +19,9 @@
  *   ``x2 = x1 + T2e[y1] < 3a``, and one 64-bit entry ``W[x2]`` holds ``T3[x2 mod a]`` and the row's
  *   ring offset ``(o + (x2 mod a)·b) mod N``;
  *   ``y2 = MODB[y1 + T3]`` (``3b`` entries).  The ring index is then ``R + y2 < N + b``: the ring is
- *   read through a copy padded with its own first ``b`` entries (and the gradient accumulated into
- *   a padded buffer whose tail is folded back), so no ``mod N`` either.
+ *   read with one conditional subtraction (rings shorter than a row: through a copy padded with
+ *   its own first ``b`` entries), and the gradient is accumulated into a padded buffer whose tail
+ *   is folded back, so no ``mod N`` either.
  * * Elements that leave ``[0, n)`` (on the last, partial row ``x2 ≡ a-1`` beyond its length: fewer
  *   than 1 in ``a``) are recomputed with plain rounds and cycle walking; they are found through a
  *   flag bit (bit 31) that ``W`` sets on that row's ring offset, OR-ed over a tile.
@@ -29,10 +30,6 @@
  *   ring-sized buffers, one per *part* of the work (about 4 parts per thread, taken dynamically),
  *   summed in part order afterwards: no atomics, deterministic for a given thread count.  The GPU
  *   kernel gathers through π⁻¹ instead (there, scatters would need atomics).
- * * Saved indices (training): the forward can also write each element's padded ring index with
- *   its sign in bit 31 (4 bytes per weight, the caller frees them after the backward); the
- *   backward then reads them instead of recomputing the rounds and the sign hash.  The values and
- *   the accumulation order are the same, so the gradient is bit-identical either way.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -86,10 +83,10 @@ typedef struct {
     chunk_t *chunks;
     int64_t nchunks;
     int64_t next;      /* forward work counter (dynamic scheduling) */
-    const void *ring;  /* forward: the ring padded to N + pad entries */
+    const void *ring;  /* forward: the ring, or a copy padded to N + pad entries when pad > N */
+    int wrap;          /* forward: indices in [N, N + pad) wrap by one subtraction (ring not padded) */
     const void *mult;
     void **ptrs;       /* forward: per-layer outputs; backward: per-layer gradients (NULL: skipped) */
-    uint32_t **saved;  /* per layer (or NULL): forward writes, backward reads index | sign << 31 */
     int dtype;         /* 0: float32, 1: float64 */
     int prefetch;
 } job_t;
@@ -231,16 +228,13 @@ static void NAME(job_t *job, const chunk_t *ch) {                               
     const T *ring = (const T *)job->ring;                                                      \
     const T m = ((const T *)job->mult)[ch->layer];                                             \
     T *out = (T *)job->ptrs[ch->layer];                                                        \
-    uint32_t *sv = job->saved ? job->saved[ch->layer] : NULL;                                  \
     const UINT signbit = (UINT)1 << (8 * sizeof(T) - 1);                                       \
     if (!ly->permute) {                                                                        \
         int64_t idx = (ly->o + ch->lo % job->N) % job->N;                                      \
         for (int64_t j = ch->lo; j < ch->hi; j++) {                                            \
             T v = ring[idx] * m;                                                               \
-            uint32_t s = ly->sign ? hash32((uint32_t)j, ly->ks) >> 31 : 0;                     \
-            if (s) v = -v;                                                                     \
+            if (ly->sign && (hash32((uint32_t)j, ly->ks) >> 31)) v = -v;                       \
             out[j] = v;                                                                        \
-            if (sv) sv[j] = (uint32_t)idx | (s << 31);                                         \
             if (++idx == job->N) idx = 0;                                                      \
         }                                                                                      \
         return;                                                                                \
@@ -255,23 +249,20 @@ static void NAME(job_t *job, const chunk_t *ch) {                               
             uint32_t cnt = ylim - y0 < TILE ? ylim - y0 : TILE;                                \
             tile_indices(ly, (uint32_t)x0, y0, cnt, idx, pf, (int)sizeof(T));                  \
             T *restrict o = out + j0 + y0;                                                     \
-            for (uint32_t t = 0; t < cnt; t++) o[t] = ring[idx[t]] * m;                        \
-            uint32_t *restrict so = sv ? sv + j0 + y0 : NULL;                                  \
+            if (job->wrap) {                                                                   \
+                const uint32_t n_ring = (uint32_t)job->N;                                      \
+                for (uint32_t t = 0; t < cnt; t++) {                                           \
+                    uint32_t k = idx[t];                                                       \
+                    o[t] = ring[k >= n_ring ? k - n_ring : k] * m;                             \
+                }                                                                              \
+            } else {                                                                           \
+                for (uint32_t t = 0; t < cnt; t++) o[t] = ring[idx[t]] * m;                    \
+            }                                                                                  \
             if (ly->sign) {                                                                    \
                 UINT *restrict ob = (UINT *)o;                                                 \
                 uint32_t jb = (uint32_t)(j0 + y0);                                             \
-                if (so) {                                                                      \
-                    for (uint32_t t = 0; t < cnt; t++) {                                       \
-                        uint32_t s = hash32(jb + t, ly->ks) >> 31;                             \
-                        ob[t] ^= (UINT)s * signbit;                                            \
-                        so[t] = idx[t] | (s << 31);                                            \
-                    }                                                                          \
-                } else {                                                                       \
-                    for (uint32_t t = 0; t < cnt; t++)                                         \
-                        ob[t] ^= (UINT)(hash32(jb + t, ly->ks) >> 31) * signbit;               \
-                }                                                                              \
-            } else if (so) {                                                                   \
-                memcpy(so, idx, cnt * sizeof(uint32_t));                                       \
+                for (uint32_t t = 0; t < cnt; t++)                                             \
+                    ob[t] ^= (UINT)(hash32(jb + t, ly->ks) >> 31) * signbit;                   \
             }                                                                                  \
         }                                                                                      \
     }                                                                                          \
@@ -288,20 +279,7 @@ static void NAME(job_t *job, const chunk_t *ch, T *restrict acc) {              
     const T *g = (const T *)job->ptrs[ch->layer];                                              \
     const T m = ((const T *)job->mult)[ch->layer];                                             \
     const UINT signbit = (UINT)1 << (8 * sizeof(T) - 1);                                       \
-    const uint32_t *sv = job->saved ? job->saved[ch->layer] : NULL;                            \
     if (!g) return;                                                                            \
-    if (sv) { /* indices and signs saved by the forward: same values, same order, no hashing */ \
-        int64_t lo = ly->permute ? ch->lo * (int64_t)ly->b : ch->lo;                           \
-        int64_t hi = ly->permute ? ch->hi * (int64_t)ly->b : ch->hi;                           \
-        if (hi > ly->n) hi = ly->n;                                                            \
-        for (int64_t j = lo; j < hi; j++) {                                                    \
-            uint32_t u = sv[j];                                                                \
-            T v = g[j] * m;                                                                    \
-            if (u >> 31) v = -v;                                                               \
-            acc[u & 0x7FFFFFFFu] += v;                                                         \
-        }                                                                                      \
-        return;                                                                                \
-    }                                                                                          \
     if (!ly->permute) {                                                                        \
         int64_t idx = (ly->o + ch->lo % job->N) % job->N;                                      \
         for (int64_t j = ch->lo; j < ch->hi; j++) {                                            \
@@ -436,22 +414,26 @@ static void run_threads(void *(*fn)(void *), void *args, size_t stride, int nthr
     }
 }
 
-int rpg_abi_version(void) { return 4; }
+int rpg_abi_version(void) { return 3; }
 
 int rpg_forward(int dtype, const void *ring, int64_t N, int64_t L, const int64_t *meta,
-                const void *mult, void **outs, uint32_t **saved, int nthreads) {
+                const void *mult, void **outs, int nthreads) {
     job_t job;
     memset(&job, 0, sizeof(job));
-    job.L = L; job.N = N; job.mult = mult; job.ptrs = outs; job.saved = saved; job.dtype = dtype;
+    job.L = L; job.N = N; job.mult = mult; job.ptrs = outs; job.dtype = dtype;
     if (setup(&job, meta)) { free_job(&job); return 1; }
     size_t esize = dtype == 0 ? sizeof(float) : sizeof(double);
-    char *padded = (char *)malloc((size_t)(N + job.pad) * esize);
-    if (!padded) { free_job(&job); return 1; }
-    for (int64_t i = 0; i < N + job.pad; i += N) {
-        int64_t len = N + job.pad - i < N ? N + job.pad - i : N;
-        memcpy(padded + (size_t)i * esize, ring, (size_t)len * esize);
+    char *padded = NULL; /* only tiny rings (N < the widest row) are read through a padded copy */
+    job.wrap = job.pad <= N;
+    if (!job.wrap) {
+        padded = (char *)malloc((size_t)(N + job.pad) * esize);
+        if (!padded) { free_job(&job); return 1; }
+        for (int64_t i = 0; i < N + job.pad; i += N) {
+            int64_t len = N + job.pad - i < N ? N + job.pad - i : N;
+            memcpy(padded + (size_t)i * esize, ring, (size_t)len * esize);
+        }
     }
-    job.ring = padded;
+    job.ring = padded ? (const void *)padded : ring;
     job.prefetch = (int64_t)esize * N > PREFETCH_BYTES;
     int64_t total = 0;
     for (int64_t l = 0; l < L; l++) total += job.layers[l].n;
@@ -463,10 +445,10 @@ int rpg_forward(int dtype, const void *ring, int64_t N, int64_t L, const int64_t
 }
 
 int rpg_backward(int dtype, void *acc, int64_t N, int64_t L, const int64_t *meta,
-                 const void *mult, void **grads, uint32_t **saved, int nthreads) {
+                 const void *mult, void **grads, int nthreads) {
     job_t job;
     memset(&job, 0, sizeof(job));
-    job.L = L; job.N = N; job.mult = mult; job.ptrs = grads; job.saved = saved; job.dtype = dtype;
+    job.L = L; job.N = N; job.mult = mult; job.ptrs = grads; job.dtype = dtype;
     if (setup(&job, meta)) { free_job(&job); return 1; }
     size_t esize = dtype == 0 ? sizeof(float) : sizeof(double);
     job.prefetch = (int64_t)esize * N > PREFETCH_BYTES;
