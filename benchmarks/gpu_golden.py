@@ -91,7 +91,7 @@ def expand_all(rings, slots, dtype, name: str, device):
     """Detached weights of every layer, ring by ring, with backend ``name`` on ``device``."""
     import torch
 
-    from rpg_hf.ring import expand_ring
+    from rpg_hf.kernels import expand_ring
 
     with backend(name), torch.no_grad():
         out = []
@@ -103,7 +103,7 @@ def expand_all(rings, slots, dtype, name: str, device):
 def ring_grads(rings, slots, name: str, device):
     import torch
 
-    from rpg_hf.ring import expand_ring
+    from rpg_hf.kernels import expand_ring
 
     grads = []
     with backend(name):

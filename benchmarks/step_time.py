@@ -367,7 +367,7 @@ class Bench:
         """Generation alone: every ring forward, then random weight gradients folded back."""
         torch = self.torch
         from rpg_hf import get_generator
-        from rpg_hf.ring import expand_ring
+        from rpg_hf.kernels import expand_ring
 
         gen = get_generator(model)
         reps = self.cfg["gen_reps"]

@@ -30,8 +30,8 @@ from rpg_hf.fold import (
     load_source,
     recalibrate_batchnorm,
 )
+from rpg_hf.kernels import expand_ring
 from rpg_hf.reparam import expand, get_generator, plan_layers
-from rpg_hf.ring import expand_ring
 
 
 def _trained_like(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -281,3 +281,17 @@ def test_ddp_broadcast_at_wrap_time(tmp_path):
     r0, r1 = (torch.load(tmp_path / f"r.{i}") for i in (0, 1))
     assert torch.equal(r0["ring"], r1["ring"])  # the broadcast happened
     assert r0["fresh"] and r1["fresh"]
+
+
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+def test_one_entry_written_in_a_ring_longer_than_the_layers(where):
+    """Reads compare only their layer's window of a large ring: a write anywhere is still seen."""
+    torch.manual_seed(0)
+    model = rpg_hf.reparameterize(timm.create_model("test_resnet", num_classes=3), rpg_hf.RPGSpec(dof=60_000))
+    gen = model.rpg
+    assert any(s.numel < gen.ring_sizes[0] for s in gen.slots[0])  # windows shorter than the ring
+    _fill_cache(model)
+    k = {"first": 0, "middle": gen.ring_sizes[0] // 2, "last": gen.ring_sizes[0] - 1}[where]
+    with torch.no_grad():
+        gen.rings[0][k] += 1.0
+    assert_fresh(model)

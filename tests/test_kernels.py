@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from rpg_hf import kernels
-from rpg_hf.kernels import cpu, ops
+from rpg_hf.kernels import cpu, expand_ring, ops
 from rpg_hf.kernels.plan import get_plan
-from rpg_hf.ring import LayerSlot, expand_ring, fold_window, generate_layer, window_grad
+from rpg_hf.ring import LayerSlot, fold_window, generate_layer, window_grad
 
 
 @pytest.fixture(autouse=True)
@@ -321,7 +321,8 @@ _FIRST_LOAD = r"""
 import json, os, sys, warnings
 import torch
 from rpg_hf.kernels import cpu
-from rpg_hf.ring import LayerSlot, expand_ring, generate_layer
+from rpg_hf.kernels import expand_ring
+from rpg_hf.ring import LayerSlot, generate_layer
 
 
 def probe():

@@ -14,8 +14,9 @@ from conftest import tiny_vit
 from torch import nn
 
 import rpg_hf
+from rpg_hf.kernels import expand_ring
 from rpg_hf.reparam import GeneratedLayer, group_key
-from rpg_hf.ring import expand_ring, layer_indices
+from rpg_hf.ring import layer_indices
 
 # SHA-256 of every generated float32 weight (little endian, recorded order) of timm's
 # `test_resnet` (10 classes) at dof=5000, seed=0, with the ring set to the integer pattern below.

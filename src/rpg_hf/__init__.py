@@ -7,10 +7,11 @@
 from . import timm_models  # noqa: F401  (registers rpg_* with timm)
 from .auto import register as _register
 from .configuration_rpg import RPGConfig
+from .dof import DofTable, dof_table
 from .fold import FoldReport, fold, fold_into
 from .generator import GENERATOR_VERSION
 from .modeling_rpg import RPGForImageClassification, RPGPreTrainedModel, save_expanded
-from .reparam import DofTable, GeneratedLayer, RPGGenerator, dof_table, expand, get_generator, reparameterize
+from .reparam import GeneratedLayer, RPGGenerator, expand, get_generator, reparameterize
 from .spec import RPGSpec
 
 __version__ = "0.1.0"

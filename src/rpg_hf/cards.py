@@ -132,8 +132,9 @@ class CardInfo:
         from transformers import PreTrainedModel
 
         from . import checkpoint
+        from .dof import dof_table
         from .modeling_rpg import RPGPreTrainedModel
-        from .reparam import dof_table, get_generator
+        from .reparam import get_generator
 
         unknown = set(overrides) - {f.name for f in fields(cls)}
         if unknown:

@@ -1,8 +1,8 @@
 """Re-parameterize an existing timm / transformers model so that a ring generates its weights.
 
 ``reparameterize(model, spec)`` keeps the model object and its class: the selected ``weight``
-parameters are deleted and each such module's ``weight`` becomes a property that reads its
-tensor from an :class:`RPGGenerator` attached as ``model.rpg``.  The generator owns the ring(s) and the
+parameters are deleted and each such module gets a subclass of its own class whose ``weight`` is
+a property that reads its tensor from an :class:`RPGGenerator` attached as ``model.rpg``.  The generator owns the ring(s) and the
 recorded generated-layer order; see :class:`RPGGenerator` for when weights are generated and
 why they can never be stale.  ``state_dict()`` holds the ring(s) and the free tensors only.
 """
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .kernels.ops import RingGradient
-from .ring import LayerSlot, expand_ring, to_float32
+from .kernels.ops import RingGradient, expand_ring
+from .ring import LayerSlot, to_float32
 from .spec import RPGSpec
 
 GENERATOR_ATTR = "rpg"
@@ -167,10 +167,23 @@ class _Cached:
     ring: torch.Tensor  # detached clone of the ring at generation time
     weights: tuple[torch.Tensor, ...]
 
-    def matches(self, ring: torch.Tensor) -> bool:
+    def __post_init__(self) -> None:
+        self.bits = _bits(self.ring)
+
+    def matches(self, ring: torch.Tensor, slot: LayerSlot | None = None) -> bool:
+        """Whether ``ring`` still holds the bits the weights came from: all of them, or only the
+        window ``slot``'s layer reads (a layer shorter than the ring depends on no other entry)."""
         snap = self.ring
-        return (snap.device == ring.device and snap.dtype == ring.dtype and snap.shape == ring.shape
-                and torch.equal(_bits(snap), _bits(ring)))
+        if snap.device != ring.device or snap.dtype != ring.dtype or snap.shape != ring.shape:
+            return False
+        now, size = _bits(ring), ring.numel()
+        if slot is None or slot.numel >= size:
+            return torch.equal(self.bits, now)
+        lo = slot.start % size
+        hi = lo + slot.numel
+        if hi <= size:
+            return torch.equal(self.bits[lo:hi], now[lo:hi])
+        return torch.equal(self.bits[lo:], now[lo:]) and torch.equal(self.bits[: hi - size], now[: hi - size])
 
 
 class RPGGenerator(nn.Module):
@@ -184,8 +197,9 @@ class RPGGenerator(nn.Module):
       generates that layer afresh — one kernel call; the backward of all reads of a ring is one
       batched fold (:class:`~rpg_hf.kernels.ops.RingGradient`); nothing is kept after the step;
     * otherwise (eval, ``no_grad``, a frozen ring) all layers of a ring are generated once and
-      kept with a copy of the ring's bits; a read compares the ring's bits with that copy (N
-      integer compares, against the ~T/N-times larger generation) and regenerates on any change.
+      kept with a copy of the ring's bits; a read compares the ring's bits in the layer's window
+      with that copy (at most N integer compares, against the ~T/N-times larger generation) and
+      regenerates on any change.
 
     Under ``torch.compile`` the first rule always applies, so a traced graph holds no cache state.
     """
@@ -247,13 +261,16 @@ class RPGGenerator(nn.Module):
         """Drop the cached weights (frees their memory; correctness never depends on calling it)."""
         self._cache = [None] * len(self.ring_sizes)
 
-    def ring_weights(self, r: int) -> tuple[torch.Tensor, ...]:
-        """Detached weights of every layer of ring ``r`` for the ring's current values (cached)."""
+    def ring_weights(self, r: int, slot: LayerSlot | None = None) -> tuple[torch.Tensor, ...]:
+        """Detached weights of every layer of ring ``r`` for the ring's current values (cached).
+
+        With ``slot``, only that layer's window of the ring is compared: the caller reads that layer.
+        """
         ring = self.rings[r]
         if ring.is_meta:  # transformers builds models on the meta device: shapes only
             return tuple(torch.empty(s.shape, device="meta", dtype=ring.dtype) for s in self.slots[r])
         cached = self._cache[r]
-        if cached is not None and cached.matches(ring):
+        if cached is not None and cached.matches(ring, slot):
             return cached.weights
         self._cache[r] = None  # free the old weights before generating the new ones
         with torch.no_grad():
@@ -275,7 +292,7 @@ class RPGGenerator(nn.Module):
             if hub is None or not hub.matches(ring):
                 hub = self._hubs[r] = RingGradient(ring)
             return hub.weight(ring, slot)
-        return self.ring_weights(r)[i]
+        return self.ring_weights(r, slot)[i]
 
     def generate_all(self) -> list[torch.Tensor]:
         """Detached weights of every generated layer, in the recorded order."""
@@ -400,77 +417,3 @@ def expand(model: nn.Module) -> nn.Module:
         if "_rpg_position" in module.__dict__:
             _detach(module, weights[module._rpg_position].clone())
     return plain
-
-
-@dataclass(frozen=True)
-class DofTable:
-    """Per-layer placement and totals of a re-parameterized model."""
-
-    rows: list[dict]
-    dof: int
-    ring_sizes: list[int]
-    free_params: int
-    generated_params: int
-
-    @property
-    def original_params(self) -> int:
-        return self.free_params + self.generated_params
-
-    @property
-    def trainable_params(self) -> int:
-        return self.dof + self.free_params
-
-    @property
-    def compression(self) -> float:
-        """Parameters of the plain model per trainable parameter of the RPG model."""
-        return self.original_params / self.trainable_params
-
-    @property
-    def generated_compression(self) -> float:
-        """Generated weights per ring entry (the reuse factor T/N)."""
-        return self.generated_params / self.dof
-
-    def totals(self) -> dict:
-        return {
-            "dof": self.dof,
-            "rings": self.ring_sizes,
-            "free_params": self.free_params,
-            "generated_params": self.generated_params,
-            "trainable_params": self.trainable_params,
-            "original_params": self.original_params,
-            "compression": self.compression,
-            "generated_compression": self.generated_compression,
-        }
-
-    def __str__(self) -> str:
-        head = f"{'layer':<40} {'shape':<20} {'numel':>10} {'ring':>4} {'window':>9} {'mult':>8}"
-        lines = [head, "-" * len(head)]
-        for r in self.rows:
-            shape = "x".join(map(str, r["shape"]))
-            lines.append(
-                f"{r['name']:<40.40} {shape:<20} {r['numel']:>10,} {r['ring']:>4} {r['window']:>9,} {r['multiplier']:>8.3f}"
-            )
-        lines += [
-            "-" * len(head),
-            f"DoF (ring entries)      {self.dof:>14,}   rings: {len(self.ring_sizes)}",
-            f"free parameters         {self.free_params:>14,}",
-            f"generated parameters    {self.generated_params:>14,}   reuse T/N = {self.generated_compression:,.1f}",
-            f"trainable (DoF + free)  {self.trainable_params:>14,}",
-            f"plain model parameters  {self.original_params:>14,}   compression = {self.compression:,.1f}x",
-        ]
-        return "\n".join(lines)
-
-
-def dof_table(model: nn.Module) -> DofTable:
-    """Where each generated layer sits on its ring, and the model's parameter totals."""
-    gen = get_generator(model)
-    rows = []
-    for layer, (r, i) in zip(gen.layers, gen.slot_of, strict=True):
-        slot = gen.slots[r][i]
-        rows.append({
-            "name": layer.name, "shape": list(layer.shape), "numel": layer.numel, "ring": r,
-            "window": slot.start % gen.ring_sizes[r], "multiplier": layer.multiplier,
-        })
-    ring_ids = {id(p) for p in gen.rings}
-    free = sum(p.numel() for p in model.parameters() if id(p) not in ring_ids)
-    return DofTable(rows, gen.spec.dof, list(gen.ring_sizes), free, sum(row["numel"] for row in rows))

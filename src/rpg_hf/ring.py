@@ -18,7 +18,6 @@ chunk of one layer.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -128,17 +127,3 @@ def fold_window(ring_grad: torch.Tensor, window: torch.Tensor, start: int) -> No
         ring_grad += rest[: turns * size].view(turns, size).sum(0)
     tail = rest[turns * size :]
     ring_grad[: tail.numel()] += tail
-
-
-def expand_ring(
-    ring: torch.Tensor, slots: Sequence[LayerSlot], dtype: torch.dtype | None = None
-) -> tuple[torch.Tensor, ...]:
-    """Generate every layer of ``slots`` from ``ring``; differentiable w.r.t. the ring.
-
-    Runs on the fastest available backend of :mod:`rpg_hf.kernels` (C kernels on the CPU, Triton
-    on CUDA; ``RPG_HF_BACKEND=torch`` forces the pure-PyTorch functions above).  Every backend gives the
-    reference's weights bit for bit and its ring gradient to float32 rounding.
-    """
-    from .kernels import expand  # late import: kernels builds on this module
-
-    return expand(ring, slots, dtype)

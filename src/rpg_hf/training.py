@@ -378,7 +378,8 @@ def logits_of(output: Any) -> torch.Tensor:
 
 def model_summary(model: nn.Module) -> dict[str, Any]:
     """Parameter counts: DoF / trainable / original / compression (RPG) or plain totals (vanilla)."""
-    from rpg_hf.reparam import dof_table, get_generator
+    from rpg_hf.dof import dof_table
+    from rpg_hf.reparam import get_generator
 
     backbone = getattr(model, "backbone", model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,9 +1,10 @@
-"""Fused generation kernels for RPG rings (issue 6).
+"""Generation kernels for RPG rings and the autograd around them.
 
-``expand(ring, slots, dtype)`` generates every layer of one ring with the fastest available
-backend and is differentiable w.r.t. the ring; :func:`rpg_hf.ring.expand_ring` calls it.  The
-pure-PyTorch code in :mod:`rpg_hf.ring` stays the reference: the kernels reproduce its weights bit
-for bit and its ring gradient to float32 rounding.  No index table is ever stored: indices and
+``expand_ring(ring, slots, dtype)`` generates every layer of one ring with the fastest available
+backend and is differentiable w.r.t. the ring; :class:`RingGradient` is the autograd behind a
+model's weights in training.  The pure-PyTorch code in :mod:`rpg_hf.ring` stays the reference
+(this package imports it, never the other way round): the kernels reproduce its weights bit for
+bit and its ring gradient to float32 rounding.  No index table is ever stored: indices and
 signs are recomputed from the packed O(layers) table of a :class:`RingPlan`.
 
 * :mod:`.ops` — dispatch, the eager autograd node, the ``rpg_hf::expand_ring`` custom op
@@ -19,7 +20,10 @@ Environment:
 ``RPG_HF_CPU_OPENMP``   ``0`` builds the CPU kernels without OpenMP (plain pthreads)
 """
 
-from .ops import BACKEND_ENV, BACKENDS, expand, requested_backend, select_backend
+from .ops import BACKEND_ENV, BACKENDS, RingGradient, expand_ring, requested_backend, select_backend
 from .plan import RingPlan, get_plan
 
-__all__ = ["BACKENDS", "BACKEND_ENV", "RingPlan", "expand", "get_plan", "requested_backend", "select_backend"]
+__all__ = [
+    "BACKENDS", "BACKEND_ENV", "RingGradient", "RingPlan", "expand_ring", "get_plan", "requested_backend",
+    "select_backend",
+]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import os
 import weakref
+from collections.abc import Sequence
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -296,8 +297,15 @@ expand_ring_op.register_autograd(_op_backward, setup_context=_setup_context)
 # --------------------------------------------------------------------------- entry point
 
 
-def expand(ring: torch.Tensor, slots, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, ...]:
-    """Generate every layer of ``slots`` from ``ring`` with the selected backend; differentiable."""
+def expand_ring(
+    ring: torch.Tensor, slots: Sequence[LayerSlot], dtype: torch.dtype | None = None
+) -> tuple[torch.Tensor, ...]:
+    """Generate every layer of ``slots`` from ``ring``; differentiable w.r.t. the ring.
+
+    Runs on the selected backend (C kernels on the CPU, Triton on CUDA; ``RPG_HF_BACKEND=torch``
+    forces the pure-PyTorch functions of :mod:`rpg_hf.ring`).  Every backend gives the reference's
+    weights bit for bit and its ring gradient to float32 rounding.
+    """
     slots = tuple(slots)
     if torch.compiler.is_compiling():
         desc, mults, shapes = _describe(slots)
