@@ -258,7 +258,11 @@ class RPGGenerator(nn.Module):
         return new
 
     def invalidate_cache(self) -> None:
-        """Drop the cached weights (frees their memory; correctness never depends on calling it)."""
+        """Drop the cached weights and free their memory.
+
+        Writes to a ring never need it (reads compare the ring's bits); writing into a cached
+        *weight* tensor itself (``module.weight.data.normal_()`` under ``no_grad``) does.
+        """
         self._cache = [None] * len(self.ring_sizes)
 
     def ring_weights(self, r: int, slot: LayerSlot | None = None) -> tuple[torch.Tensor, ...]:
