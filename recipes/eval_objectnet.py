@@ -32,8 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN
+from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD
+
 DEFAULT_IMAGE_SIZE = 224
 DEFAULT_CROP_PCT = 0.875
 TIMM_PREFIXES = ("timm:", "hf-hub:", "local-dir:")

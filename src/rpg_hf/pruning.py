@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .reparam import get_generator
+from .reparam import get_generator, head_modules
 
 __all__ = [
     "ChannelPruneReport",
@@ -198,19 +198,6 @@ def _prunable(module: nn.Module) -> bool:
     return isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) and isinstance(weight, torch.Tensor)
 
 
-def _head_modules(model: nn.Module) -> set[nn.Module]:
-    """timm's ``get_classifier()``, HF's ``classifier``, else the last Linear (as RPGSpec does)."""
-    head = None
-    if callable(getattr(model, "get_classifier", None)):
-        head = model.get_classifier()
-    elif isinstance(getattr(model, "classifier", None), nn.Module):
-        head = model.classifier
-    if isinstance(head, nn.Module):
-        return set(head.modules())
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    return {linears[-1]} if linears else set()
-
-
 @torch.no_grad()
 def _zero_rows(module: nn.Module, indices: Sequence[int]) -> int:
     if not indices:
@@ -228,7 +215,7 @@ def _zero_rows(module: nn.Module, indices: Sequence[int]) -> int:
 def _select(model: nn.Module, modules: Iterable[str | nn.Module] | str | None, skip_head: bool):
     named = list(model.named_modules())
     if modules is None:
-        skip = _head_modules(model) if skip_head else set()
+        skip = head_modules(model) if skip_head else set()
         return [(n, m) for n, m in named if _prunable(m) and m not in skip]
     if isinstance(modules, str):  # one regex on module names
         pattern = re.compile(modules)

@@ -52,7 +52,7 @@ def _is_type(module: nn.Module, names: tuple[str, ...]) -> bool:
     return any(cls.__name__ in names for cls in type(module).__mro__)
 
 
-def _head_modules(model: nn.Module) -> set[nn.Module]:
+def head_modules(model: nn.Module) -> set[nn.Module]:
     """The classifier: timm's ``get_classifier()``, HF's ``classifier``, else the last Linear."""
     head = None
     if callable(getattr(model, "get_classifier", None)):
@@ -69,7 +69,7 @@ def select_targets(model: nn.Module, spec: RPGSpec) -> list[tuple[str, nn.Module
     """The (name, module) pairs whose ``weight`` the spec generates, in module order."""
     convs = [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)]
     exclude_stem = spec.exclude_stem if spec.exclude_stem is not None else len(convs) > 1
-    skip = set(_head_modules(model)) if spec.exclude_head else set()
+    skip = set(head_modules(model)) if spec.exclude_head else set()
     if exclude_stem and convs:
         skip.add(convs[0])
     targets = []

@@ -41,11 +41,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN
+from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 SCHEDULES = ("cosine", "step", "exponential", "constant")
 OPTIMIZERS = ("sgd", "adamw")
 CHECKPOINT_PREFIX = "step_"
