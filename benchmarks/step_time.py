@@ -414,6 +414,14 @@ class Bench:
         return time.perf_counter() - t0
 
 
+def _record_failure(row: dict, phase: str, what: str, err: Exception, errors: list) -> None:
+    """A workload that failed in ``phase`` (eager / compiled): recorded, printed, the others go on."""
+    msg = f"{what} {phase}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    errors.append(msg)
+    row[phase], row[f"{phase}_error"] = None, msg
+    print(f"{_row_prefix(row)} ERROR {msg}", flush=True)
+
+
 def _row_prefix(r: dict) -> str:
     return f"{r['model']:<22} {r['dof']:>9} {r['batch']:>5} {r['res']:>4}"
 
@@ -495,10 +503,7 @@ def main(argv=None) -> int:
                 row.update(bench.generation(rpg["model"]))
                 print(f"{_row_prefix(row)} {_time_cols(stats)} {row['backend']:>7}", flush=True)
             except Exception as e:  # noqa: BLE001  (report, keep measuring the others)
-                msg = f"{name} dof={dof} eager: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                errors.append(msg)
-                row["eager"], row["eager_error"] = None, msg
-                print(f"{_row_prefix(row)} ERROR {msg}", flush=True)
+                _record_failure(row, "eager", f"{name} dof={dof}", e, errors)
             finally:
                 rpg = steps = None
                 if bench.cuda:
@@ -557,10 +562,7 @@ def main(argv=None) -> int:
                     print(f"{_row_prefix(row)} {_time_cols(stats)} {van['compile_s']:>13.1f} {rpg_compile_s:>13.1f}",
                           flush=True)
                 except Exception as e:  # noqa: BLE001  (report, keep measuring the others)
-                    msg = f"{name} dof={dof} compiled: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                    errors.append(msg)
-                    row["compiled"], row["compiled_error"] = None, msg
-                    print(f"{_row_prefix(row)} ERROR {msg}", flush=True)
+                    _record_failure(row, "compiled", f"{name} dof={dof}", e, errors)
                 finally:
                     rpg = steps = None
                     if bench.cuda:

@@ -74,10 +74,10 @@ def select_backend(ring: torch.Tensor, plan: RingPlan, dtype: torch.dtype | None
 # --------------------------------------------------------------------------- backend calls
 
 
-def _forward(backend: str, ring: torch.Tensor, plan: RingPlan, dtype) -> tuple[torch.Tensor, ...]:
-    """One new tensor per layer (never views of one another)."""
+def _forward(backend: str, ring: torch.Tensor, plan: RingPlan, dtype, out=None) -> tuple[torch.Tensor, ...]:
+    """One tensor per layer (never views of one another); ``out``: CPU buffers to write into."""
     if backend == "cpu":
-        return cpu.forward(ring, plan, dtype)
+        return cpu.forward(ring, plan, dtype, out=out)
     if backend == "triton":
         return triton_ring.forward(ring, plan, dtype)
     with torch.no_grad():
@@ -135,10 +135,10 @@ class RingGradient:
         return weight
 
     def _free_buffer(self, slot: LayerSlot, dtype: torch.dtype) -> list | None:
-        """A CPU buffer for ``slot``'s weight that no live tensor uses any more, else a new one.
+        """A CPU buffer for ``slot``'s weight that no live tensor uses any more (None: allocate afresh).
 
         Fresh memory costs page faults (about 13 ms per 50 MiB on two cores, as much as half the
-        generation); so each layer keeps up to :attr:`POOL` buffers.  A buffer is handed out again
+        generation); so each layer keeps up to :attr:`POOL` buffers, made on first need.  A buffer is handed out again
         only once the tensor last made on it is gone — no autograd graph, no user reference holds it
         (a weak reference tells) — so reuse can never change a weight that is still in use.
         """
@@ -195,9 +195,7 @@ class _LayerWeight(torch.autograd.Function):
     def forward(ctx, token, ring, plan, dtype, backend, hub, out):  # type: ignore[override]
         ctx.set_materialize_grads(False)
         ctx.slot, ctx.hub = plan.slots[0], hub
-        if out is not None:  # a reused CPU buffer
-            return cpu.forward(ring.detach(), plan, dtype, out=[out])[0]
-        return _forward(backend, ring.detach(), plan, dtype)[0]
+        return _forward(backend, ring.detach(), plan, dtype, None if out is None else [out])[0]
 
     @staticmethod
     @once_differentiable
