@@ -3,7 +3,7 @@
 The model-card template lives at the top of the repository, ``model_cards/template.md``, beside the
 cards rendered from it, so that it can be read and edited as a card.  A wheel must carry it
 inside the package: ``build_py`` copies it to ``rpg_hf/model_cards/template.md``, where
-``rpg_hf.cards.template_path`` finds it.  Editable installs and source checkouts read the file in
+``rpg_hf.hf.cards.template_path`` finds it.  Editable installs and source checkouts read the file in
 place, so there is one copy of the template in the repository and one in a built wheel.
 """
 

@@ -140,7 +140,7 @@ for mod in ("triton", "timm", "transformers", "huggingface_hub", "safetensors", 
     except Exception as e:  # noqa: BLE001
         print(f"{mod}: NOT IMPORTABLE ({type(e).__name__}: {e})")
 import rpg_hf
-from rpg_hf.kernels import cpu
+from rpg_hf.ops import cpu
 print("rpg_hf", rpg_hf.__version__, "from", rpg_hf.__file__, "| C kernels:", cpu.available() or cpu.error())
 EOF
 rc=$?

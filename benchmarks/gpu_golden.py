@@ -91,7 +91,7 @@ def expand_all(rings, slots, dtype, name: str, device):
     """Detached weights of every layer, ring by ring, with backend ``name`` on ``device``."""
     import torch
 
-    from rpg_hf.kernels import expand_ring
+    from rpg_hf.ops import expand_ring
 
     with backend(name), torch.no_grad():
         out = []
@@ -103,7 +103,7 @@ def expand_all(rings, slots, dtype, name: str, device):
 def ring_grads(rings, slots, name: str, device):
     import torch
 
-    from rpg_hf.kernels import expand_ring
+    from rpg_hf.ops import expand_ring
 
     grads = []
     with backend(name):
@@ -117,8 +117,8 @@ def ring_grads(rings, slots, name: str, device):
 
 def selected(rings, slots, dtype, name: str, device) -> str:
     """The backend(s) ``name`` resolves to for these rings on ``device``."""
-    from rpg_hf.kernels import select_backend
-    from rpg_hf.kernels.plan import get_plan
+    from rpg_hf.ops import select_backend
+    from rpg_hf.ops.plan import get_plan
 
     with backend(name):
         return "+".join(sorted({select_backend(r.to(device), get_plan(tuple(ss), r.numel()), dtype)
@@ -205,7 +205,7 @@ def main(argv=None) -> int:
     try:
         from test_generator import GOLDEN, RING
 
-        from rpg_hf.ring import LayerSlot, layer_indices
+        from rpg_hf.core.reference import LayerSlot, layer_indices
 
         for position, (n, start, first_idx, first_sign) in sorted(GOLDEN.items()):
             slot = LayerSlot(position, (n,), start, 1.0, seed=0)

@@ -139,7 +139,7 @@ def environment(args, device, amp: bool, channels_last: bool, cfg: dict) -> dict
     import torch
 
     import rpg_hf
-    from rpg_hf.kernels import requested_backend
+    from rpg_hf.ops import requested_backend
 
     env = {
         "device": device.type,
@@ -315,8 +315,8 @@ class Bench:
 
     def rpg_backend(self, model) -> str:
         from rpg_hf import get_generator
-        from rpg_hf.kernels import select_backend
-        from rpg_hf.kernels.plan import get_plan
+        from rpg_hf.ops import select_backend
+        from rpg_hf.ops.plan import get_plan
 
         gen = get_generator(model)
         return "+".join(sorted({select_backend(r, get_plan(gen.slots[i], r.numel())) for i, r in enumerate(gen.rings)}))
@@ -367,7 +367,7 @@ class Bench:
         """Generation alone: every ring forward, then random weight gradients folded back."""
         torch = self.torch
         from rpg_hf import get_generator
-        from rpg_hf.kernels import expand_ring
+        from rpg_hf.ops import expand_ring
 
         gen = get_generator(model)
         reps = self.cfg["gen_reps"]

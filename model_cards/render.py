@@ -6,7 +6,7 @@
 
 Each card's model is the real one: the recipe's own flag parser reads the config, the recipe's
 model builder builds it on the meta device (no memory, no init), and
-:meth:`rpg_hf.cards.CardInfo.from_model` reads DoF, generated weights, compression and the
+:meth:`rpg_hf.hf.cards.CardInfo.from_model` reads DoF, generated weights, compression and the
 checkpoint's tensor payload from it.  Measured numbers come only from result files of runs that
 exist (``results/demo/summary.json``, ``results/fashion_mnist/summary.json``); the model built
 here must have the trainable-parameter count those runs recorded, so a card cannot describe a
@@ -67,8 +67,8 @@ def _relative(path: Path) -> str:
 
 def recipe_card(entry: dict[str, Any], manifest: dict[str, Any]):
     """A recipes/train.py config on ImageNet: the model its flags build; no run exists."""
-    from rpg_hf.cards import CardInfo, build_model_card
-    from rpg_hf.training import build_model
+    from rpg_hf.hf.cards import CardInfo, build_model_card
+    from rpg_hf.train.models import build_model
 
     kind = manifest["kinds"][entry["kind"]]
     train = _load_module(ROOT / "recipes" / "train.py", "rpg_recipe_train")
@@ -92,9 +92,9 @@ def recipe_card(entry: dict[str, Any], manifest: dict[str, Any]):
 
 def demo_card(entry: dict[str, Any], manifest: dict[str, Any]):
     """The model `rpg-hf demo` trains, with the figures of the demo run in ``entry["measured"]``."""
-    from rpg_hf import demo
-    from rpg_hf.cards import CardInfo, build_model_card, results_from_json
-    from rpg_hf.training import build_model
+    from rpg_hf.hf.cards import CardInfo, build_model_card, results_from_json
+    from rpg_hf.train import demo
+    from rpg_hf.train.models import build_model
 
     measured = json.loads((ROOT / entry["measured"]).read_text())
     args = demo.build_parser().parse_args([])
@@ -122,7 +122,7 @@ def demo_card(entry: dict[str, Any], manifest: dict[str, Any]):
 def sweep_card(entry: dict[str, Any], manifest: dict[str, Any]):
     """One RPG point of the Fashion-MNIST science sweep, from its summary.json."""
     from rpg_hf import RPGConfig, RPGForImageClassification
-    from rpg_hf.cards import CardInfo, build_model_card, results_from_json
+    from rpg_hf.hf.cards import CardInfo, build_model_card, results_from_json
 
     common = manifest["sweep"]
     summary = json.loads((ROOT / entry["measured"]).read_text())

@@ -5,7 +5,7 @@ matching ImageNet-val subset, and record the result in JSON and in the model car
 Why a recipe of its own: ObjectNet numbers are only comparable when the protocol is the published
 one (2 px border crop, logits max-projected onto the 113 classes, mappings read from the dataset's
 own ``mappings/`` folder), and that is easy to get subtly wrong in an ad-hoc notebook.  The
-protocol lives in ``rpg_hf.objectnet``; this script only loads the model, builds the eval
+protocol lives in ``rpg_hf.train.objectnet``; this script only loads the model, builds the eval
 transform from the model's own preprocessing config and handles devices / processes.
 
 Runs with plain ``python`` or ``accelerate launch`` (data is sharded across processes and the
@@ -215,7 +215,7 @@ def build_transform(image_size: int, crop_pct: float, mean: Any, std: Any, inter
 
 def update_model_card(folder: str | os.PathLike[str], results: dict[str, Any], model_name: str | None = None) -> Path:
     """Adds (or replaces) the ObjectNet top-1/top-5 entries in ``<folder>/README.md``'s model-index."""
-    from rpg_hf.cards import EvalEntry, update_card_results
+    from rpg_hf.hf.cards import EvalEntry, update_card_results
 
     common = dict(dataset_name=OBJECTNET_DATASET_NAME, dataset_type="objectnet", split="test",
                   metric_type="accuracy", config=f"imagenet-overlap-{results['classes']}")
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from accelerate import Accelerator
 
     _import_rpg_hf()
-    from rpg_hf.objectnet import (
+    from rpg_hf.train.objectnet import (
         ObjectNetDataset,
         evaluate_imagenet_subset,
         evaluate_objectnet,

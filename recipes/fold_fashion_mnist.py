@@ -2,7 +2,7 @@
 """Fold a trained network into a ring, on Fashion-MNIST: is a folded start better than a random one?
 
 Issue 17's measurement.  One vanilla ``cifar_resnet18`` (the science sweep's family and width) is
-trained, then folded (``rpg_hf.fold``: least-squares ring) at ~25%, ~5% and ~1% of its generated
+trained, then folded (``rpg_hf.compress.fold``: least-squares ring) at ~25%, ~5% and ~1% of its generated
 weights.  For each DoF the test top-1 is measured
 
 (a)  right after folding, and after re-estimating the BatchNorm statistics (no gradient step);
@@ -72,7 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def load_data(args):
-    from rpg_hf.data import load_idx_dataset, to_tensors
+    from rpg_hf.train.data import load_idx_dataset, to_tensors
 
     xtr, ytr = to_tensors(load_idx_dataset(args.data, split="train"))
     xte, yte = to_tensors(load_idx_dataset(args.data, split="test"))
@@ -110,7 +110,7 @@ def vanilla(args):
 
 
 def rpg_config(teacher, dof: int, args):
-    from rpg_hf.fold import config_from_model
+    from rpg_hf.compress.fold import config_from_model
 
     return config_from_model(teacher, dof, seed=args.seed)
 
@@ -238,7 +238,7 @@ def pct_id(fraction: float) -> str:
 
 
 def run(args) -> None:
-    from rpg_hf.fold import fold, recalibrate_batchnorm
+    from rpg_hf.compress.fold import fold, recalibrate_batchnorm
     from rpg_hf.reparam import plan_layers
     from rpg_hf.spec import RPGSpec
 

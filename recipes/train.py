@@ -7,7 +7,7 @@ so the recipe has to (1) resume *exactly* — same ring as an uninterrupted run 
 same global batch, (3) need no network for its metrics, and (4) end with what the project
 ships: a ring-only ``save_pretrained`` folder whose model card carries the evaluation result.
 The reusable pieces (data order, seeded augmentation, model builder, schedules, top-k eval) live
-in :mod:`rpg_hf.training`; this file is the command line and the loop.
+in :mod:`rpg_hf.train`; this file is the command line and the loop.
 
 Run (one GPU, eight GPUs, several nodes — see recipes/README.md and recipes/configs/)::
 
@@ -100,14 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "overrides the preset named by --arch")
     g.add_argument("--sync-bn", action="store_true", help="synchronize BatchNorm statistics across processes")
 
-    g = p.add_argument_group("start from trained weights (rpg_hf.fold)")
+    g = p.add_argument_group("start from trained weights (rpg_hf.compress.fold)")
     g.add_argument("--init-from", default=None,
                    help="RPG: fold these trained weights into the ring (least squares) before training; vanilla: "
                         "load them. A timm or transformers ViT folder, an RPG checkpoint (refolded), a weights file "
                         "of --arch/--model-args, or a pretrained timm model name")
     g.add_argument("--fold-weighting", default="uniform", choices=("uniform", "relative"),
                    help="--init-from's least-squares objective: the plain reconstruction error, or every layer's "
-                        "relative error counted equally (rpg_hf.fold.fit_rings)")
+                        "relative error counted equally (rpg_hf.compress.fold.fit_rings)")
     g.add_argument("--distill-from", default=None,
                    help="add knowledge distillation from this network (same forms as --init-from; e.g. the "
                         "unfolded network): KL on logits at --distill-temperature; off by default")
@@ -184,7 +184,8 @@ def load_yaml_config(path: str | os.PathLike[str], parser: argparse.ArgumentPars
 
 def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     """Fill the defaults that depend on other settings (optimizer family, schedule)."""
-    from rpg_hf.training import IMAGENET_MEAN, IMAGENET_STD, is_vit
+    from rpg_hf.train.datasets import IMAGENET_MEAN, IMAGENET_STD
+    from rpg_hf.train.models import is_vit
 
     args.model_args = _json_value(args.model_args)
     args.vit_config = _json_value(args.vit_config)
@@ -261,7 +262,7 @@ def make_accelerator(args: argparse.Namespace):
 
 def load_data(args: argparse.Namespace, accelerator) -> tuple[Any, Any, list[str]]:
     """Train / eval ``datasets.Dataset`` and the class names (each node's main process fills its cache first)."""
-    from rpg_hf.training import class_names, load_split
+    from rpg_hf.train.datasets import class_names, load_split
 
     def subset(ds, n):
         return ds.shuffle(seed=args.seed, keep_in_memory=True).select(range(n)) if n and 0 < n < len(ds) else ds
@@ -279,7 +280,7 @@ def load_data(args: argparse.Namespace, accelerator) -> tuple[Any, Any, list[str
 
 
 def make_loaders(args: argparse.Namespace, accelerator, train_ds, val_ds):
-    from rpg_hf.training import ImageClassificationDataset, build_transform, make_loader
+    from rpg_hf.train.datasets import ImageClassificationDataset, build_transform, make_loader
 
     mean, std = tuple(args.mean), tuple(args.std)
     mode = "L" if _in_chans(args) == 1 else "RGB"
@@ -314,7 +315,7 @@ def steps_per_epoch(num_samples: int, args: argparse.Namespace, num_processes: i
 
 def save_checkpoint(accelerator, args: argparse.Namespace, state, extra: dict[str, Any]) -> Path:
     """``save_state`` into ``checkpoints/step_<n>``; ``train_state.json`` (written last) marks it complete."""
-    from rpg_hf.training import CHECKPOINT_PREFIX, prune_checkpoints, write_json
+    from rpg_hf.train.files import CHECKPOINT_PREFIX, prune_checkpoints, write_json
 
     root = Path(args.output_dir) / "checkpoints"
     path = root / f"{CHECKPOINT_PREFIX}{state.step:08d}"
@@ -328,7 +329,7 @@ def save_checkpoint(accelerator, args: argparse.Namespace, state, extra: dict[st
 
 
 def resume_checkpoint(accelerator, args: argparse.Namespace) -> tuple[Path | None, dict[str, Any]]:
-    from rpg_hf.training import latest_checkpoint
+    from rpg_hf.train.files import latest_checkpoint
 
     if args.resume == "latest":
         path = latest_checkpoint(Path(args.output_dir) / "checkpoints")
@@ -345,7 +346,7 @@ def resume_checkpoint(accelerator, args: argparse.Namespace) -> tuple[Path | Non
 
 
 def _card_entries(results: dict[str, Any]) -> list:
-    from rpg_hf.cards import results_from_json
+    from rpg_hf.hf.cards import results_from_json
 
     record = {k: results[k] for k in ("dataset", "split", "top1", "top5") if results.get(k) is not None}
     return results_from_json(record) if "top1" in record else []
@@ -367,8 +368,8 @@ def _image_processor(config):
 
 
 def save_rpg(model, directory: Path, args: argparse.Namespace, results: dict[str, Any]) -> None:
-    """Ring-only ``save_pretrained`` and a card (rpg_hf.cards) holding the evaluation results."""
-    from rpg_hf.cards import write_model_card
+    """Ring-only ``save_pretrained`` and a card (rpg_hf.hf.cards) holding the evaluation results."""
+    from rpg_hf.hf.cards import write_model_card
 
     model.save_pretrained(directory, model_card=False)
     write_model_card(model, directory, _card_entries(results), keep_existing_results=False,
@@ -385,7 +386,7 @@ def save_vanilla(model, directory: Path, args: argparse.Namespace, results: dict
     from huggingface_hub import ModelCard, ModelCardData
     from transformers import PreTrainedModel
 
-    from rpg_hf.cards import results_section
+    from rpg_hf.hf.cards import results_section
 
     names = [config.id2label[i] for i in range(config.num_labels)]
     if isinstance(model, PreTrainedModel):
@@ -434,7 +435,9 @@ class _Run:
         from accelerate.utils import set_seed
         from torch import nn
 
-        from rpg_hf.training import TrainState, build_model, build_optimizer, build_scheduler, scaled_lr
+        from rpg_hf.train.loop import TrainState
+        from rpg_hf.train.models import build_model
+        from rpg_hf.train.optim import build_optimizer, build_scheduler, scaled_lr
 
         self.args = args
         self.accelerator = acc = make_accelerator(args)
@@ -481,8 +484,8 @@ class _Run:
         self.torch = torch
 
     def _source(self, path: str):
-        """A trained network named by --init-from / --distill-from (rpg_hf.fold.load_source)."""
-        from rpg_hf.fold import load_source
+        """A trained network named by --init-from / --distill-from (rpg_hf.compress.fold.load_source)."""
+        from rpg_hf.compress.fold import load_source
 
         a = self.args
         is_file = Path(path).is_file()
@@ -491,7 +494,7 @@ class _Run:
 
     def _init_from(self):
         """Fold (RPG) or load (vanilla) the --init-from weights into the model before training."""
-        from rpg_hf.fold import fold_into, plain_network
+        from rpg_hf.compress.fold import fold_into, plain_network
 
         source = self._source(self.args.init_from)
         if self.args.model == "vanilla":
@@ -510,7 +513,7 @@ class _Run:
         return report
 
     def _teacher(self):
-        from rpg_hf.fold import plain_network
+        from rpg_hf.compress.fold import plain_network
 
         teacher = plain_network(self._source(self.args.distill_from)).to(self.accelerator.device).eval()
         teacher.requires_grad_(False)
@@ -520,7 +523,7 @@ class _Run:
 
     def _loss(self, x, y):
         """Cross-entropy, plus the distillation term when --distill-from is given."""
-        from rpg_hf.training import logits_of
+        from rpg_hf.train.models import logits_of
 
         logits = logits_of(self.model(x)).float()
         loss = self.criterion(logits, y)
@@ -536,7 +539,7 @@ class _Run:
 
     def _config_of_vanilla(self):
         from rpg_hf import RPGConfig
-        from rpg_hf.training import vit_config_for
+        from rpg_hf.train.models import vit_config_for
 
         a = self.args
         id2label = dict(enumerate(self.names))
@@ -554,7 +557,7 @@ class _Run:
                 f.write(json.dumps({"step": self.state.step, **values}) + "\n")
 
     def evaluate(self) -> dict[str, Any]:
-        from rpg_hf.training import evaluate
+        from rpg_hf.train.evaluate import evaluate
 
         res = evaluate(self.model, self.val_loader, accelerator=self.accelerator, desc="eval",
                        progress=self.accelerator.is_main_process and not self.args.no_progress)
@@ -635,7 +638,8 @@ class _Run:
         return False
 
     def finish(self) -> dict[str, Any]:
-        from rpg_hf.training import model_summary, write_json
+        from rpg_hf.train.files import write_json
+        from rpg_hf.train.models import model_summary
 
         acc, a = self.accelerator, self.args
         final = self.evaluate() if self.val_loader is not None else {}

@@ -209,7 +209,7 @@ def load_data(cfg: Mapping[str, Any], root: str | None):
     """(train images, train labels, test images, test labels, class names): uint8/int64 tensors."""
     import torch
 
-    from rpg_hf.data import load_idx_dataset, to_tensors
+    from rpg_hf.train.data import load_idx_dataset, to_tensors
 
     data = cfg.get("dataset") or {}
     root = root or data.get("root")
@@ -399,7 +399,7 @@ def save_rpg(model, run, directory: Path, top1: float, dcfg, command: str, probe
     import torch
 
     import rpg_hf
-    from rpg_hf.cards import write_model_card
+    from rpg_hf.hf.cards import write_model_card
 
     model.eval()
     model.save_pretrained(directory)
@@ -627,7 +627,7 @@ def claims(groups: Sequence[Mapping[str, Any]], fits: Mapping[str, Mapping[str, 
 def summarize(cfg: Mapping[str, Any], grid: Sequence[Mapping[str, Any]], proto: Mapping[str, Any], fp: str,
               results_dir: Path, runs_dir: Path, command: str) -> dict[str, Any]:
     """summary.json, the plot, table.md and README.md from the per-run JSON files."""
-    from rpg_hf import scaling
+    from rpg_hf.train import scaling
 
     wanted = {r["run_id"]: r for r in grid}
     runs, stale = [], []

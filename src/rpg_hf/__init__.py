@@ -4,15 +4,22 @@
 ``rpg_*`` architectures with timm.
 """
 
-from . import timm_models  # noqa: F401  (registers rpg_* with timm)
-from .auto import register as _register
-from .configuration_rpg import RPGConfig
-from .dof import DofTable, dof_table
-from .fold import FoldReport, fold, fold_into
-from .generator import GENERATOR_VERSION
-from .modeling_rpg import RPGForImageClassification, RPGPreTrainedModel, save_expanded
-from .reparam import GeneratedLayer, RPGGenerator, expand, get_generator, reparameterize
-from .spec import RPGSpec
+from rpg_hf import timm_models  # noqa: F401  (registers rpg_* with timm)
+from rpg_hf.compress.fold import FoldReport, fold, fold_into
+from rpg_hf.core.construction import GENERATOR_VERSION
+from rpg_hf.hf.auto import register as _register
+from rpg_hf.hf.configuration_rpg import RPGConfig
+from rpg_hf.hf.modeling_rpg import RPGForImageClassification, RPGPreTrainedModel, save_expanded
+from rpg_hf.reparam import (
+    DofTable,
+    GeneratedLayer,
+    RPGGenerator,
+    dof_table,
+    expand,
+    get_generator,
+    reparameterize,
+)
+from rpg_hf.spec import RPGSpec
 
 __version__ = "0.1.0"
 _register()

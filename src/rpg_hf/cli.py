@@ -84,7 +84,7 @@ def cmd_expand(args: argparse.Namespace) -> None:
 
 
 def cmd_card(args: argparse.Namespace) -> None:
-    from .cards import results_from_json, write_model_card
+    from rpg_hf.hf.cards import results_from_json, write_model_card
 
     model = _load(args.path)
     results = []
@@ -97,11 +97,11 @@ def cmd_card(args: argparse.Namespace) -> None:
 
 
 def cmd_push(args: argparse.Namespace) -> None:
-    from .hub import upload_folder
+    from rpg_hf.hf.hub import upload_folder
 
     folder = Path(args.path)
     if not (folder / "README.md").exists():
-        from .cards import write_model_card
+        from rpg_hf.hf.cards import write_model_card
 
         write_model_card(_load(args.path), folder, model_id=args.repo_id)
     info = upload_folder(folder, args.repo_id, private=args.private, token=args.token, revision=args.revision,
@@ -110,7 +110,7 @@ def cmd_push(args: argparse.Namespace) -> None:
 
 
 def cmd_scaling(args: argparse.Namespace) -> None:
-    from .scaling import fit_runs, format_fit, load_runs, plot_scaling
+    from rpg_hf.train.scaling import fit_runs, format_fit, load_runs, plot_scaling
 
     runs = load_runs(args.results)
     archs = [args.arch] if args.arch else sorted({r["arch"] for r in runs if r["method"] == args.method})
@@ -125,7 +125,7 @@ def cmd_scaling(args: argparse.Namespace) -> None:
 
 
 def cmd_fold(args: argparse.Namespace) -> None:
-    from .fold import config_from_model, fold, load_source
+    from rpg_hf.compress.fold import config_from_model, fold, load_source
 
     model_args = json.loads(args.model_args) if args.model_args else None
     try:
@@ -145,7 +145,7 @@ def cmd_fold(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from . import demo
+    from rpg_hf.train import demo
 
     demo.run(args)
 
@@ -226,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_fold)
 
     p = sub.add_parser("demo", help="train RPG vs equal-DoF vanilla on Fashion-MNIST and compare")
-    from . import demo
+    from rpg_hf.train import demo
 
     demo.add_arguments(p)
     p.set_defaults(func=cmd_demo)

@@ -10,7 +10,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .generator import GENERATOR_VERSION, check_generator_version
+from rpg_hf.core.construction import GENERATOR_VERSION, check_generator_version
 
 SCOPES = ("global", "stage", "block")
 DEFAULT_TARGET_TYPES = ("Conv1d", "Conv2d", "Conv3d", "Linear")

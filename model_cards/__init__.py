@@ -1,0 +1,1 @@
+"""Rendered model cards; `python model_cards/render.py` (importable as `model_cards.render`)."""

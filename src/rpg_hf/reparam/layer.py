@@ -1,0 +1,206 @@
+"""The module layer: :class:`RPGGenerator` owns the ring(s) and serves every generated ``weight``.
+
+A generated module keeps its object and gets a subclass of its own class whose ``weight`` is a
+property reading :meth:`RPGGenerator.weight` (as ``torch.nn.utils.parametrize`` does), so the
+weights are never stale whatever writes the ring; see :class:`RPGGenerator` for when weights
+are generated and when they are served from a cache.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from rpg_hf.core.reference import LayerSlot
+from rpg_hf.ops.dispatch import RingGradient, expand_ring
+from rpg_hf.reparam.targets import GeneratedLayer
+from rpg_hf.spec import RPGSpec
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """The tensor's bit pattern as integers: ``torch.equal`` on it is exact (NaN, -0.0 included)."""
+    ints = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+    return t.detach().reshape(-1).view(ints[t.element_size()])
+
+
+@dataclass
+class _Cached:
+    """Weights generated from a ring, with a copy of the ring they came from."""
+
+    ring: torch.Tensor  # detached clone of the ring at generation time
+    weights: tuple[torch.Tensor, ...]
+
+    def __post_init__(self) -> None:
+        self.bits = _bits(self.ring)
+
+    def matches(self, ring: torch.Tensor, slot: LayerSlot | None = None) -> bool:
+        """Whether ``ring`` still holds the bits the weights came from: all of them, or only the
+        window ``slot``'s layer reads (a layer shorter than the ring depends on no other entry)."""
+        snap = self.ring
+        if snap.device != ring.device or snap.dtype != ring.dtype or snap.shape != ring.shape:
+            return False
+        now, size = _bits(ring), ring.numel()
+        if slot is None or slot.numel >= size:
+            return torch.equal(self.bits, now)
+        lo = slot.start % size
+        hi = lo + slot.numel
+        if hi <= size:
+            return torch.equal(self.bits[lo:hi], now[lo:hi])
+        return torch.equal(self.bits[lo:], now[lo:]) and torch.equal(self.bits[: hi - size], now[: hi - size])
+
+
+class RPGGenerator(nn.Module):
+    """Owns the ring(s) and turns them into the weights of the generated modules.
+
+    Weights are never served from an old ring, whatever wrote it (an optimizer step, fused
+    kernels that do not bump ``_version``, ``ring.data = ...``, ``load_state_dict``, a DDP
+    broadcast, an EMA update, dequantisation, pruning):
+
+    * with autograd recording through the ring (training), every read of ``module.weight``
+      generates that layer afresh — one kernel call; the backward of all reads of a ring is one
+      batched fold (:class:`~rpg_hf.ops.dispatch.RingGradient`); nothing is kept after the step;
+    * otherwise (eval, ``no_grad``, a frozen ring) all layers of a ring are generated once and
+      kept with a copy of the ring's bits; a read compares the ring's bits in the layer's window
+      with that copy (at most N integer compares, against the ~T/N-times larger generation) and
+      regenerates on any change.
+
+    Under ``torch.compile`` the first rule always applies, so a traced graph holds no cache state.
+    """
+
+    def __init__(self, spec: RPGSpec, layers: list[GeneratedLayer], ring_sizes: list[int]):
+        super().__init__()
+        if sum(ring_sizes) != spec.dof:
+            raise ValueError(f"ring sizes {ring_sizes} sum to {sum(ring_sizes)}, not dof={spec.dof}")
+        self.spec = spec
+        self.layers = list(layers)
+        self.ring_sizes = list(ring_sizes)
+        self.rings = nn.ParameterList(nn.Parameter(part) for part in self._initial_ring().split(ring_sizes))
+        self.slots: list[list[LayerSlot]] = [[] for _ in ring_sizes]
+        self.slot_of: list[tuple[int, int]] = []  # layer position -> (ring, index within ring)
+        starts = [0] * len(ring_sizes)
+        for position, layer in enumerate(self.layers):
+            if not 0 <= layer.ring < len(ring_sizes):
+                raise ValueError(f"layer {layer.name!r} names ring {layer.ring}, but there are {len(ring_sizes)}")
+            slot = LayerSlot(position, layer.shape, starts[layer.ring], layer.multiplier, spec.seed,
+                             spec.permute, spec.sign_flip)
+            self.slot_of.append((layer.ring, len(self.slots[layer.ring])))
+            self.slots[layer.ring].append(slot)
+            starts[layer.ring] += layer.numel
+        self.generations = 0  # how many times a ring's cache was filled: tests and benchmarks see it work
+        self._cache: list[_Cached | None] = [None] * len(ring_sizes)
+        self._hubs: list[RingGradient | None] = [None] * len(ring_sizes)
+
+    def forward(self, x):
+        """Identity: timm's feature wrappers and ``nn.Sequential`` call every child in order."""
+        return x
+
+    def _initial_ring(self) -> torch.Tensor:
+        """Kaiming-normal ring for the reference fan, drawn on the CPU from the seed.
+
+        This is the only RNG use in rpg_hf: a fresh model's starting point, saved with the
+        checkpoint — expansion itself never draws a random number.
+        """
+        gen = torch.Generator(device="cpu").manual_seed(self.spec.seed)
+        return torch.randn(self.spec.dof, generator=gen, device="cpu") * self.spec.ring_std
+
+    @torch.no_grad()
+    def reset_rings(self) -> None:
+        """Re-draw the ring(s) from the seed (used by transformers' weight initialisation)."""
+        init = self._initial_ring()
+        for ring, part in zip(self.rings, init.split(self.ring_sizes), strict=True):
+            if not ring.is_meta:
+                ring.copy_(part)
+
+    def __deepcopy__(self, memo):
+        """Copy without the cache and gradient hubs (EMA copies, ``expand``): rebuilt on first use."""
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            transient = key in ("_cache", "_hubs")
+            new.__dict__[key] = [None] * len(value) if transient else copy.deepcopy(value, memo)
+        return new
+
+    def invalidate_cache(self) -> None:
+        """Drop the cached weights and free their memory.
+
+        Writes to a ring never need it (reads compare the ring's bits); writing into a cached
+        *weight* tensor itself (``module.weight.data.normal_()`` under ``no_grad``) does.
+        """
+        self._cache = [None] * len(self.ring_sizes)
+
+    def ring_weights(self, r: int, slot: LayerSlot | None = None) -> tuple[torch.Tensor, ...]:
+        """Detached weights of every layer of ring ``r`` for the ring's current values (cached).
+
+        With ``slot``, only that layer's window of the ring is compared: the caller reads that layer.
+        """
+        ring = self.rings[r]
+        if ring.is_meta:  # transformers builds models on the meta device: shapes only
+            return tuple(torch.empty(s.shape, device="meta", dtype=ring.dtype) for s in self.slots[r])
+        cached = self._cache[r]
+        if cached is not None and cached.matches(ring, slot):
+            return cached.weights
+        self._cache[r] = None  # free the old weights before generating the new ones
+        with torch.no_grad():
+            weights = expand_ring(ring.detach(), self.slots[r])
+        self.generations += 1
+        self._cache[r] = _Cached(ring.detach().clone(), weights)
+        return weights
+
+    def weight(self, position: int) -> torch.Tensor:
+        """The current weight of generated layer ``position`` (see the class docstring)."""
+        r, i = self.slot_of[position]
+        ring = self.rings[r]
+        slot = self.slots[r][i]
+        if torch.compiler.is_compiling():
+            return expand_ring(ring, (slot,))[0]
+        if torch.is_grad_enabled() and ring.requires_grad and not ring.is_meta:
+            self._cache[r] = None  # training holds no generated weights between steps
+            hub = self._hubs[r]
+            if hub is None or not hub.matches(ring):
+                hub = self._hubs[r] = RingGradient(ring)
+            return hub.weight(ring, slot)
+        return self.ring_weights(r, slot)[i]
+
+    def generate_all(self) -> list[torch.Tensor]:
+        """Detached weights of every generated layer, in the recorded order."""
+        with torch.no_grad():
+            return [self.weight(p).detach() for p in range(len(self.layers))]
+
+
+def _generated_weight(module: nn.Module) -> torch.Tensor:
+    return module._rpg_generator.weight(module._rpg_position)
+
+
+_GENERATED_CLASSES: dict[type, type] = {}
+
+
+def _generated_class(cls: type) -> type:
+    """``cls`` with ``weight`` as a property read from the ring (as torch's parametrize does).
+
+    A property rather than forward hooks: ``module.weight`` is current wherever it is read —
+    inside forward, in ``forward_features``, in timm's feature wrappers, or by a user — and
+    ``torch.compile`` traces it into the model's graph.
+    """
+    sub = _GENERATED_CLASSES.get(cls)
+    if sub is None:
+        sub = type(f"RPG{cls.__name__}", (cls,), {"weight": property(_generated_weight), "_rpg_base": cls,
+                                                  "__module__": cls.__module__})
+        _GENERATED_CLASSES[cls] = sub
+    return sub
+
+
+def _attach(module: nn.Module, generator: RPGGenerator, position: int) -> None:
+    del module._parameters["weight"]
+    module.__dict__["_rpg_generator"] = generator  # a plain reference: not a second path to the ring
+    module.__dict__["_rpg_position"] = position
+    module.__class__ = _generated_class(type(module))
+
+
+def _detach(module: nn.Module, weight: torch.Tensor) -> None:
+    """Undo :func:`_attach`: the plain class with ``weight`` as an ordinary parameter."""
+    module.__class__ = module._rpg_base
+    del module.__dict__["_rpg_generator"], module.__dict__["_rpg_position"]
+    module.weight = nn.Parameter(weight)
