@@ -10,7 +10,7 @@
 #   setup   install the carried wheels (.whl/) into a temporary --target folder: the PINNED ones
 #           (timm) always, the others only where the image lacks the distribution; rpg_hf from
 #           this checkout via PYTHONPATH=src (no pip install of it)       -> setup.log
-#   tests   pytest tests/test_kernels.py -rs -v: C kernels, Triton (interpreted and on CUDA)
+#   tests   pytest tests/ops/test_kernels.py -rs -v: C kernels, Triton (interpreted and on CUDA)
 #           against the pure-PyTorch reference; the CUDA tests must run, not skip -> test_kernels.log
 #   golden  benchmarks/gpu_golden.py: a fixed model's expansion on CUDA == CPU bit for bit, ring
 #           gradients to tolerance, hashes == benchmarks/golden_expansion.json -> golden.log/.json
@@ -173,7 +173,7 @@ if [[ "${STATUS[setup]}" == OK ]]; then
   # ---------------------------------------------------------------------------------------- tests
   if want tests; then
     run_part tests "$(min 150 $(($(left) - 60)))" "$OUTDIR/test_kernels.log" \
-      "$PY" -m pytest tests/test_kernels.py -rs -v -p no:cacheprovider
+      "$PY" -m pytest tests/ops/test_kernels.py -rs -v -p no:cacheprovider
     log="$OUTDIR/test_kernels.log"
     counts="$(grep -E '^=+ .*(passed|failed|error).* in [0-9.]+s' "$log" | tail -1 | sed -E 's/^=+ //; s/ =+$//')"
     cuda_pass=$(grep -cE '::test_cuda_[^ ]* PASSED' "$log")

@@ -10,10 +10,11 @@ exactly-representable pattern, so no RNG is involved) every generated weight is 
 
 and the copies are compared bit for bit (float32 and bfloat16 weights from a float32 ring,
 float64 weights from a float64 ring).  The ring gradient of a fixed weight-gradient pattern is
-compared to float32 summation order (max |diff| / max |ref| <= 2e-6, as tests/test_kernels.py).
+compared to float32 summation order (max |diff| / max |ref| <= 2e-6, as tests/ops/test_kernels.py).
 The SHA-256 of the CPU weights is compared with ``benchmarks/golden_expansion.json`` (written on
 another machine with ``--write``): the expansion is the same across machines, not only devices.
-The generator's golden index/sign vectors (tests/test_generator.py) are evaluated on the device too.
+The index/sign vectors of the golden layouts (tests/core/test_construction.py) are evaluated on the
+device too and compared, whole, with the plain-Python specification module tests/core/spec_v1.py.
 
     python benchmarks/gpu_golden.py                        # on a CUDA machine (what gpu_check.sh runs)
     python benchmarks/gpu_golden.py --device cpu --configs test_resnet@1000   # dry run: CPU vs CPU
@@ -39,6 +40,11 @@ GPU_CONFIGS = ["resnet18@45000", "resnet18@2000000", "vit_base_patch16_224@20000
 ALL_CONFIGS = GPU_CONFIGS + ["test_resnet@1000", "test_vit@5000"]
 RING_PATTERN = "ring[i] = ((i * 2654435761 + 12345) mod 2**24 - 2**23) * 2**-28, i over all rings in order"
 GRAD_PATTERN = "grad_l[j] = (((j + 7919 l) * 40503) mod 2**16 - 2**15) * 2**-20"
+SPEC_FILE = HERE.parent / "tests" / "core" / "spec_v1.py"
+# (position, layer size, unwrapped start) laid end to end on a ring of 1000, seed 0: the layouts of
+# tests/core/test_construction.py's GOLDEN (smaller than the ring, larger, not a power of two)
+SPEC_LAYOUTS = ((0, 300, 0), (1, 5000, 300), (2, 777, 5300))
+SPEC_RING = 1000
 
 
 @contextlib.contextmanager
@@ -52,6 +58,18 @@ def backend(name: str):
             os.environ.pop("RPG_HF_BACKEND", None)
         else:
             os.environ["RPG_HF_BACKEND"] = old
+
+
+def load_spec():
+    """``tests/core/spec_v1.py`` (the construction re-implemented from its specification text), by path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("spec_v1", SPEC_FILE)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {SPEC_FILE}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def ring_pattern(offset: int, n: int, dtype):
@@ -200,22 +218,22 @@ def main(argv=None) -> int:
         results.append({"status": tag, "check": what, "detail": detail})
         print(f"{tag} {what}" + (f" -- {detail}" if detail else ""), flush=True)
 
-    # 1. the generator's golden index/sign vectors, evaluated on the device
-    sys.path.insert(0, str(HERE.parent / "tests"))
+    # 1. the golden layouts' index/sign vectors on the device == the specification module's == the CPU's
     try:
-        from test_generator import GOLDEN, RING
-
+        spec = load_spec()
+    except (ImportError, OSError) as e:
+        report(None, "golden index vectors", f"{SPEC_FILE.relative_to(HERE.parent)} not loadable here ({e})")
+    else:
         from rpg_hf.core.reference import LayerSlot, layer_indices
 
-        for position, (n, start, first_idx, first_sign) in sorted(GOLDEN.items()):
+        for position, n, start in SPEC_LAYOUTS:
             slot = LayerSlot(position, (n,), start, 1.0, seed=0)
-            idx, neg = layer_indices(slot, RING, device)
-            cidx, cneg = layer_indices(slot, RING, "cpu")
-            ok = (idx[:8].cpu().tolist() == first_idx and (1 - 2 * neg[:8].cpu().int()).tolist() == first_sign
+            idx, neg = layer_indices(slot, SPEC_RING, device)
+            cidx, cneg = layer_indices(slot, SPEC_RING, "cpu")
+            spec_idx, spec_sign = spec.layer_indices(n, start, SPEC_RING, seed=0, position=position)
+            ok = (idx.cpu().tolist() == spec_idx and (1 - 2 * neg.cpu().int()).tolist() == spec_sign
                   and torch.equal(idx.cpu(), cidx) and torch.equal(neg.cpu(), cneg))
-            report(ok, f"golden indices/signs position {position} (n={n}) on {device} == tests/test_generator.py GOLDEN and cpu")
-    except ImportError as e:
-        report(None, "golden index vectors", f"tests/test_generator.py not importable here ({e})")
+            report(ok, f"golden indices/signs position {position} (n={n}) on {device} == tests/core/spec_v1.py and cpu")
 
     # 2. fixed models: expansion on the device == CPU, bit for bit; gradients to tolerance
     for config in configs:

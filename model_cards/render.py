@@ -4,24 +4,22 @@
     python model_cards/render.py            # write the cards
     python model_cards/render.py --check    # exit 1, naming them, if checked-in cards are stale
 
-Each card's model is the real one: the recipe's own flag parser reads the config, the recipe's
-model builder builds it on the meta device (no memory, no init), and
-:meth:`rpg_hf.hf.cards.CardInfo.from_model` reads DoF, generated weights, compression and the
+Each card's model is the real one: the recipe's own flag parser (``rpg_hf.train.arguments``)
+reads the config, the recipe's model builder builds it on the meta device (no memory, no init),
+and :meth:`rpg_hf.hf.cards.CardInfo.from_model` reads DoF, generated weights, compression and the
 checkpoint's tensor payload from it.  Measured numbers come only from result files of runs that
-exist (``results/demo/summary.json``, ``results/fashion_mnist/summary.json``); the model built
-here must have the trainable-parameter count those runs recorded, so a card cannot describe a
-different model than the one measured.  The text is in ``template.md`` and ``cards.yaml``; this
-file only wires data to it.
+exist (each card's ``measured`` file in ``cards.yaml``); the model built here must have the
+trainable-parameter count those runs recorded, so a card cannot describe a different model than
+the one measured.  The text is in ``template.md`` and ``cards.yaml``; this file only wires data
+to it.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import torch
@@ -30,13 +28,6 @@ import yaml
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 MANIFEST = HERE / "cards.yaml"
-
-
-def _load_module(path: Path, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
 
 
 def _fill(text: str, values: dict[str, Any]) -> str:
@@ -68,17 +59,17 @@ def _relative(path: Path) -> str:
 def recipe_card(entry: dict[str, Any], manifest: dict[str, Any]):
     """A recipes/train.py config on ImageNet: the model its flags build; no run exists."""
     from rpg_hf.hf.cards import CardInfo, build_model_card
+    from rpg_hf.spec import spec_kwargs
+    from rpg_hf.train.arguments import parse_args
     from rpg_hf.train.models import build_model
 
     kind = manifest["kinds"][entry["kind"]]
-    train = _load_module(ROOT / "recipes" / "train.py", "rpg_recipe_train")
     config = ROOT / entry["recipe_config"]
-    args = train.parse_args(["--config", str(config), "--data", kind["dataset"]])
+    args = parse_args(["--config", str(config), "--data", kind["dataset"]])
     with torch.device("meta"):  # the same call as recipes/train.py's run setup
-        model = build_model(args.model, args.arch, num_labels=kind["num_labels"], dof=args.dof, seed=args.seed,
-                            scope=args.scope, model_args=args.model_args, vit_config=args.vit_config,
-                            image_size=args.image_size, crop_pct=args.crop_pct, mean=args.mean, std=args.std,
-                            permute=not args.no_permute, sign_flip=not args.no_sign_flip)
+        model = build_model(args.model, args.arch, num_labels=kind["num_labels"], model_args=args.model_args,
+                            vit_config=args.vit_config, image_size=args.image_size, crop_pct=args.crop_pct,
+                            mean=args.mean, std=args.std, **spec_kwargs(args))
     values = {**vars(args), "name": entry["name"], "recipe_config": _relative(config)}
     info = CardInfo.from_model(
         model, model_id=entry["name"], datasets=[kind["dataset"]], recipe="recipes/train.py",

@@ -11,9 +11,10 @@ weights.  For each DoF the test top-1 is measured
 (c)  for an RPG network of the same DoF trained from its seeded random ring for the same number
      of steps — and, as the equal-compute comparison, for the teacher's steps plus those steps.
 
-Every training run uses one schedule (SGD momentum 0.9, wd 1e-4 on everything, peak lr, linear
-warm-up over 10% of the steps, then cosine to 0, batch 128, no augmentation) on the science
-sweep's fixed class-balanced training subset; the test set is all 10,000 images.  One JSON per
+Every training run goes through the one training loop (``rpg_hf.train.loop.fit``) with one schedule
+(SGD momentum 0.9, wd 1e-4 on everything, peak lr, linear warm-up over 10% of the steps, then
+cosine to 0, batch 128, no augmentation) on the science sweep's fixed class-balanced training
+subset; the test set is all 10,000 images (``rpg_hf.train.evaluate.evaluate``).  One JSON per
 finished run under ``<out>/runs/`` (an interrupted run resumes where it stopped), then
 ``summary.json`` and ``table.md``.
 
@@ -26,17 +27,16 @@ import argparse
 import hashlib
 import json
 import math
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 ARCH = "cifar_resnet18"
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST training-set pixel statistics (as the sweep)
+FINETUNE_ARMS = (("finetune", False), ("finetune-kd", True))  # (run-id prefix, distill from the teacher)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -68,22 +68,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-# --------------------------------------------------------------------------- data and models
+# --------------------------------------------------------------------------- data, models, training
 
 
 def load_data(args):
     from rpg_hf.train.data import load_idx_dataset, to_tensors
+    from rpg_hf.train.datasets import balanced_subset
 
     xtr, ytr = to_tensors(load_idx_dataset(args.data, split="train"))
     xte, yte = to_tensors(load_idx_dataset(args.data, split="test"))
     if args.train_subset:  # the science sweep's subset: seeded, class-balanced, sorted
-        g = torch.Generator().manual_seed(0)
-        per_class = args.train_subset // 10
-        keep = []
-        for c in range(10):
-            idx = torch.nonzero(ytr == c).flatten()
-            keep.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
-        keep = torch.sort(torch.cat(keep)).values
+        keep = balanced_subset(ytr, args.train_subset, seed=0, num_classes=10)
         xtr, ytr = xtr[keep], ytr[keep]
     if args.test_subset:
         xte, yte = xte[: args.test_subset], yte[: args.test_subset]
@@ -94,94 +89,68 @@ def normalise(x):
     return (x.float().unsqueeze(1) / 255.0 - MEAN) / STD
 
 
-def model_args(width: int) -> dict[str, Any]:
-    return {"in_chans": 1, "channels": [width, 2 * width, 4 * width, 8 * width]}
-
-
 def vanilla(args):
+    """The plain network, seeded: ``cifar_resnet18`` narrowed to stage channels (w, 2w, 4w, 8w)."""
     import timm
 
     import rpg_hf  # noqa: F401  (registers cifar_resnet*)
+    from rpg_hf.train.models import narrowed_model_args
 
     torch.manual_seed(args.seed)
-    model = timm.create_model(ARCH, pretrained=False, num_classes=10, **model_args(args.width))
+    model = timm.create_model(ARCH, pretrained=False, num_classes=10, **narrowed_model_args(8 * args.width, 1))
     model.pretrained_cfg = {**model.pretrained_cfg, "mean": (MEAN,), "std": (STD,), "input_size": (1, 28, 28)}
     return model
 
 
-def rpg_config(teacher, dof: int, args):
-    from rpg_hf.compress.fold import config_from_model
-
-    return config_from_model(teacher, dof, seed=args.seed)
-
-
-def logits_of(model, x):
-    out = model(x)
-    return out.logits if hasattr(out, "logits") else out
-
-
-@torch.no_grad()
 def evaluate(model, x, y, batch_size: int = 1000) -> dict[str, float]:
-    model.eval()
-    correct, loss = 0, 0.0
+    from rpg_hf.train.evaluate import evaluate as evaluate_batches
+
     t0 = time.perf_counter()
-    for i in range(0, len(x), batch_size):
-        logits = logits_of(model, normalise(x[i : i + batch_size])).float()
-        correct += int((logits.argmax(-1) == y[i : i + batch_size]).sum())
-        loss += float(F.cross_entropy(logits, y[i : i + batch_size], reduction="sum"))
-    return {"top1": 100.0 * correct / len(x), "test_loss": loss / len(x), "eval_seconds": time.perf_counter() - t0}
+    res = evaluate_batches(model, [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)],
+                           transform=normalise)
+    return {"top1": res["top1"], "test_loss": res["loss"], "eval_seconds": time.perf_counter() - t0}
 
 
-def batches(n: int, bs: int, steps: int, seed: int):
-    """Index batches for ``steps`` steps: a fresh seeded permutation per epoch (the same for every arm)."""
+def epoch_order(n: int, epoch: int, seed: int) -> torch.Tensor:
+    """The sample order of ``epoch``: the (epoch+1)-th permutation of one seeded generator (every arm's)."""
     g = torch.Generator().manual_seed(10_000 + seed)
-    per_epoch = n // bs
-    step = 0
-    while step < steps:
-        order = torch.randperm(n, generator=g)
-        for i in range(per_epoch):
-            if step >= steps:
-                return
-            yield order[i * bs : (i + 1) * bs]
-            step += 1
+    for _ in range(epoch):
+        torch.randperm(n, generator=g)
+    return torch.randperm(n, generator=g)
 
 
 def train(model, xtr, ytr, steps: int, args, teacher=None, lr: float | None = None) -> dict[str, Any]:
+    """``steps`` optimizer steps of ``model`` through ``rpg_hf.train.loop.fit``, distilling from ``teacher`` if given."""
+    from rpg_hf.train.loop import cross_entropy, distillation_loss, fit
+    from rpg_hf.train.models import logits_of
+    from rpg_hf.train.optim import build_optimizer, build_scheduler
+
     lr = args.lr if lr is None else lr
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=args.weight_decay)
+    bs, per_epoch = args.batch_size, len(xtr) // args.batch_size
     warmup = max(1, round(0.1 * steps))
+    opt = build_optimizer(model, "sgd", lr=lr, weight_decay=args.weight_decay, momentum=0.9)
+    scheduler = build_scheduler(opt, schedule="cosine", total_steps=steps, warmup_steps=warmup,
+                                steps_per_epoch=per_epoch)
 
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return lr * (step + 1) / warmup
-        return lr * 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+    def batches(epoch: int, skip: int):
+        order = epoch_order(len(xtr), epoch, args.seed)
+        for i in range(skip, per_epoch):
+            idx = order[i * bs : (i + 1) * bs]
+            yield normalise(xtr[idx]), ytr[idx]
 
-    t_temp, w = args.distill_temperature, args.distill_weight
-    losses = []
-    model.train()
-    t0 = time.perf_counter()
-    for step, idx in enumerate(batches(len(xtr), args.batch_size, steps, args.seed)):
-        x, y = normalise(xtr[idx]), ytr[idx]
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step)
-        logits = logits_of(model, x).float()
-        loss = F.cross_entropy(logits, y)
-        if teacher is not None:
-            with torch.no_grad():
-                target = logits_of(teacher, x).float()
-            kd = F.kl_div(F.log_softmax(logits / t_temp, -1), F.log_softmax(target / t_temp, -1), log_target=True,
-                          reduction="batchmean") * t_temp**2
-            loss = (1 - w) * loss + w * kd
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise FloatingPointError(f"loss became {value} at step {step}")
-        losses.append(value)
-    per_epoch = len(xtr) // args.batch_size
-    return {"steps": steps, "lr": lr, "warmup_steps": warmup, "train_seconds": time.perf_counter() - t0,
-            "train_loss_last_epoch": sum(losses[-per_epoch:]) / len(losses[-per_epoch:])}
+    def distill(m, x, y):
+        logits = logits_of(m(x)).float()
+        with torch.no_grad():
+            target = logits_of(teacher(x)).float()
+        return distillation_loss(logits, target, y, temperature=args.distill_temperature, weight=args.distill_weight)
+
+    losses: list[float] = []
+    state = fit(model, opt, batches, total_steps=steps, steps_per_epoch=per_epoch, scheduler=scheduler,
+                loss_fn=cross_entropy if teacher is None else distill,
+                on_step=lambda _state, loss: losses.append(float(loss)), progress=False)
+    last = losses[-per_epoch:]
+    return {"steps": steps, "lr": lr, "warmup_steps": warmup, "train_seconds": state.train_seconds,
+            "train_loss_last_epoch": sum(last) / len(last)}
 
 
 # --------------------------------------------------------------------------- bookkeeping
@@ -197,19 +166,9 @@ def fingerprint(proto) -> str:
     return hashlib.sha256(json.dumps(proto, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def device_name() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"cpu ({cpu}; {torch.get_num_threads()} thread(s))"
-
-
 class Runs:
+    """``<out>/runs/<run_id>.json``: a run of another protocol (fingerprint) counts as not done."""
+
     def __init__(self, out: Path, proto: dict[str, Any]):
         self.dir = out / "runs"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -223,9 +182,11 @@ class Runs:
         return rec if rec.get("fingerprint") == self.fp else None
 
     def put(self, run_id: str, rec: dict[str, Any]) -> dict[str, Any]:
+        from rpg_hf.train.files import device_name, write_json
+
         rec = {"run_id": run_id, **rec, "fingerprint": self.fp, "protocol": self.proto, "device": device_name(),
                "torch": torch.__version__}
-        (self.dir / f"{run_id}.json").write_text(json.dumps(rec, indent=2) + "\n")
+        write_json(self.dir / f"{run_id}.json", rec)
         print(f"[{time.strftime('%H:%M:%S')}] {run_id}: top-1 {rec.get('top1', float('nan')):.2f}%", flush=True)
         return rec
 
@@ -238,29 +199,27 @@ def pct_id(fraction: float) -> str:
 
 
 def run(args) -> None:
-    from rpg_hf.compress.fold import fold, recalibrate_batchnorm
+    from rpg_hf import RPGForImageClassification
+    from rpg_hf.compress.fold import config_from_model, fold, recalibrate_batchnorm
     from rpg_hf.reparam import plan_layers
     from rpg_hf.spec import RPGSpec
 
     torch.set_num_threads(args.threads)
     out, models = Path(args.out), Path(args.models_dir)
     models.mkdir(parents=True, exist_ok=True)
-    proto = protocol(args)
-    runs = Runs(out, proto)
+    runs = Runs(out, protocol(args))
     xtr, ytr, xte, yte = load_data(args)
     per_epoch = len(xtr) // args.batch_size
-    teacher_steps = round(args.teacher_epochs * per_epoch)
-    ft_steps = round(args.finetune_epochs * per_epoch)
+    teacher_steps, ft_steps = round(args.teacher_epochs * per_epoch), round(args.finetune_epochs * per_epoch)
 
     # the trained vanilla network
     teacher = vanilla(args)
     weights = models / f"teacher-{runs.fp}.pt"
-    rec = runs.get("teacher")
-    if rec is None or not weights.is_file():
+    if runs.get("teacher") is None or not weights.is_file():
         info = train(teacher, xtr, ytr, teacher_steps, args)
         torch.save(teacher.state_dict(), weights)
-        rec = runs.put("teacher", {"arm": "teacher", "method": "vanilla", "params": sum(p.numel() for p in
-                                   teacher.parameters()), **info, **evaluate(teacher, xte, yte)})
+        runs.put("teacher", {"arm": "teacher", "method": "vanilla", "params": sum(p.numel() for p in
+                             teacher.parameters()), **info, **evaluate(teacher, xte, yte)})
     else:
         teacher.load_state_dict(torch.load(weights, weights_only=True))
     teacher.eval().requires_grad_(False)
@@ -268,70 +227,61 @@ def run(args) -> None:
     generated = sum(layer.numel for layer in layers)
 
     def fresh_rpg(dof: int):
-        from rpg_hf import RPGForImageClassification
-
-        config = rpg_config(vanilla(args), dof, args)
+        config = config_from_model(vanilla(args), dof, seed=args.seed)
         torch.manual_seed(args.seed)  # the free tensors' init, as the teacher's
         return RPGForImageClassification(config)
 
-    folds = {}
+    def folded(dof: int, weighting=None, raw_eval: bool = False):
+        """Folded, then BatchNorm statistics re-estimated on a few training batches (no labels, no step)."""
+        model, report = fold(teacher, config_from_model(teacher, dof, seed=args.seed), weighting=weighting)
+        raw = evaluate(model, xte, yte) if raw_eval else None
+        order = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(20_000 + args.seed))
+        bs = args.batch_size
+        n = recalibrate_batchnorm(model, (normalise(xtr[order[i * bs : (i + 1) * bs]]) for i in range(args.bn_batches)))
+        return model, report, raw, n
+
+    def fold_arm(run_id: str, arm: str, common: dict, weighting=None, save: Path | None = None) -> None:
+        """(a): the folded model's top-1 right after folding and after the BatchNorm re-estimate."""
+        if runs.get(run_id) is None:
+            model, report, raw, n = folded(common["dof"], weighting, raw_eval=True)
+            if save is not None:
+                model.save_pretrained(save, model_card=False)
+            recal = evaluate(model, xte, yte)
+            runs.put(run_id, {"arm": arm, **common, **raw, "bn_recalibrated": {**recal, "batches": n},
+                              "fold": report.to_dict()})
+
+    def train_arm(run_id: str, fields: dict, make, steps: int, **train_kw) -> None:
+        if runs.get(run_id) is None:
+            model = make()
+            info = train(model, xtr, ytr, steps, args, **train_kw)
+            runs.put(run_id, {**fields, **info, **evaluate(model, xte, yte)})
+
+    arms = []
     for fraction in args.fractions:
         dof = max(1, round(fraction * generated))
         common = {"dof": dof, "dof_fraction": dof / generated, "generated_params": generated}
         tag = pct_id(fraction)
-
-        def folded_model(dof=dof, raw_eval=False, weighting=None):
-            """Folded, then BatchNorm statistics re-estimated on a few training batches (no labels, no step)."""
-            model, report = fold(teacher, rpg_config(teacher, dof, args), weighting=weighting)
-            raw = evaluate(model, xte, yte) if raw_eval else None
-            g = torch.Generator().manual_seed(20_000 + args.seed)
-            order = torch.randperm(len(xtr), generator=g)
-            n = recalibrate_batchnorm(model, (normalise(xtr[order[i * args.batch_size:(i + 1) * args.batch_size]])
-                                              for i in range(args.bn_batches)))
-            return model, report, raw, n
-
-        if runs.get(f"fold-{tag}") is None:
-            model, report, raw, n = folded_model(raw_eval=True)
-            model.save_pretrained(models / f"folded-{tag}", model_card=False)
-            recal = evaluate(model, xte, yte)
-            runs.put(f"fold-{tag}", {"arm": "folded", **common, **raw, "bn_recalibrated": {**recal, "batches": n},
-                                     "fold": report.to_dict()})
+        arms.append((tag, common))
+        fold_arm(f"fold-{tag}", "folded", common, save=models / f"folded-{tag}")
         for lr in args.finetune_lrs:
-            for arm, kd in (("finetune", False), ("finetune-kd", True)):
-                run_id = f"{arm}-lr{lr:g}-{tag}"
-                if runs.get(run_id) is None:
-                    model, _, _, _ = folded_model()
-                    info = train(model, xtr, ytr, ft_steps, args, teacher=teacher if kd else None, lr=lr)
-                    runs.put(run_id, {"arm": arm, "start": "folded + BN re-estimate", **common, **info,
-                                      **evaluate(model, xte, yte)})
-        if runs.get(f"scratch-{tag}") is None:
-            model = fresh_rpg(dof)
-            info = train(model, xtr, ytr, ft_steps, args)
-            runs.put(f"scratch-{tag}", {"arm": "scratch", **common, **info, **evaluate(model, xte, yte)})
-        folds[tag] = (common, folded_model)
+            for arm, kd in FINETUNE_ARMS:
+                train_arm(f"{arm}-lr{lr:g}-{tag}", {"arm": arm, "start": "folded + BN re-estimate", **common},
+                          lambda dof=dof: folded(dof)[0], ft_steps, teacher=teacher if kd else None, lr=lr)
+        train_arm(f"scratch-{tag}", {"arm": "scratch", **common}, lambda dof=dof: fresh_rpg(dof), ft_steps)
     if not args.no_relative:  # the fit that weighs every layer's relative error equally (fit_rings "relative")
-        for tag, (common, folded_model) in folds.items():
-            if runs.get(f"fold-relative-{tag}") is None:
-                model, report, raw, n = folded_model(raw_eval=True, weighting="relative")
-                recal = evaluate(model, xte, yte)
-                runs.put(f"fold-relative-{tag}", {"arm": "folded (relative)", **common, **raw,
-                                                  "bn_recalibrated": {**recal, "batches": n}, "fold": report.to_dict()})
+        for tag, common in arms:
+            fold_arm(f"fold-relative-{tag}", "folded (relative)", common, weighting="relative")
             for lr in args.finetune_lrs:
-                run_id = f"finetune-relative-lr{lr:g}-{tag}"
-                if runs.get(run_id) is None:
-                    model, _, _, _ = folded_model(weighting="relative")
-                    info = train(model, xtr, ytr, ft_steps, args, lr=lr)
-                    runs.put(run_id, {"arm": "finetune (relative fold)", "start": "folded (relative) + BN re-estimate",
-                                      **common, **info, **evaluate(model, xte, yte)})
+                train_arm(f"finetune-relative-lr{lr:g}-{tag}",
+                          {"arm": "finetune (relative fold)", "start": "folded (relative) + BN re-estimate", **common},
+                          lambda dof=common["dof"]: folded(dof, "relative")[0], ft_steps, lr=lr)
     if not args.no_long_scratch:
-        for fraction in args.fractions:
-            dof = max(1, round(fraction * generated))
-            tag = pct_id(fraction)
-            if runs.get(f"scratch-long-{tag}") is None:
-                model = fresh_rpg(dof)
-                info = train(model, xtr, ytr, teacher_steps + ft_steps, args)
-                runs.put(f"scratch-long-{tag}", {"arm": "scratch-long", "dof": dof, "dof_fraction": dof / generated,
-                                                 "generated_params": generated, **info, **evaluate(model, xte, yte)})
+        for tag, common in arms:
+            train_arm(f"scratch-long-{tag}", {"arm": "scratch-long", **common},
+                      lambda dof=common["dof"]: fresh_rpg(dof), teacher_steps + ft_steps)
+
+
+# --------------------------------------------------------------------------- the table
 
 
 def summarize(args) -> str:
@@ -343,29 +293,54 @@ def summarize(args) -> str:
         rec = json.loads(path.read_text())
         if rec.get("fingerprint") == fp:
             recs[rec["run_id"]] = rec
-    teacher = recs.get("teacher")
-    rows = []
+    lrs = proto["finetune_lrs"]
+
+    def top(run_id):
+        return f"{recs[run_id]['top1']:.2f}" if run_id in recs else "—"
+
+    def share(f):
+        return f"{f['dof']:,} ({100 * f['dof'] / f['generated_params']:.1f}%)"
+
+    def rms(layers):
+        return math.sqrt(sum(r["rel_error"] ** 2 for r in layers) / len(layers))
+
+    rows, lines_plain = [], []
     for fraction in args.fractions:
         tag = pct_id(fraction)
         f = recs.get(f"fold-{tag}")
+        cells = [top(f"fold-{tag}"), f"{f['bn_recalibrated']['top1']:.2f}" if f else "—",
+                 *[top(f"{arm}-lr{lr:g}-{tag}") for lr in lrs for arm, _ in FINETUNE_ARMS],
+                 top(f"scratch-{tag}"), top(f"scratch-long-{tag}")]
+        rows.append({"fraction": fraction, **dict.fromkeys(("dof", "generated_params", "rel_error", "energy_kept",
+                                                           "folded", "folded_bn"))})
+        if f:
+            rows[-1].update(dof=f["dof"], generated_params=f["generated_params"], rel_error=f["fold"]["rel_error"],
+                            energy_kept=f["fold"]["energy_kept"], folded=f["top1"],
+                            folded_bn=f["bn_recalibrated"]["top1"])
+            lines_plain.append(f"| {share(f)} | {f['fold']['rel_error']:.3f} | {100 * f['fold']['energy_kept']:.1f}% | "
+                               + " | ".join(cells) + " |")
+        else:
+            lines_plain.append(f"| {100 * fraction:g}% | — | — | " + " | ".join(cells) + " |")
+        rows[-1]["cells"] = cells
+    rel_rows, lines_rel = [], []
+    for fraction in args.fractions:
+        tag = pct_id(fraction)
+        f, plain = recs.get(f"fold-relative-{tag}"), recs.get(f"fold-{tag}")
+        if f is None:
+            continue
+        cells = [f"{f['top1']:.2f}", f"{f['bn_recalibrated']['top1']:.2f}",
+                 *[top(f"finetune-relative-lr{lr:g}-{tag}") for lr in lrs]]
+        rel, plain_rms = rms(f["fold"]["layers"]), rms(plain["fold"]["layers"]) if plain else float("nan")
+        rel_rows.append({"fraction": fraction, "dof": f["dof"], "rel_error": f["fold"]["rel_error"],
+                         "rms_layer_rel_error": rel, "plain_fit_rms_layer_rel_error": plain_rms, "folded": f["top1"],
+                         "folded_bn": f["bn_recalibrated"]["top1"]})
+        lines_rel.append(f"| {share(f)} | {f['fold']['rel_error']:.3f} | {rel:.3f} (plain fit: {plain_rms:.3f}) | "
+                         + " | ".join(cells) + " |")
 
-        def top(run_id):
-            r = recs.get(run_id)
-            return f"{r['top1']:.2f}" if r else "—"
-
-        rows.append({
-            "fraction": fraction, "dof": f["dof"] if f else None, "generated_params": f["generated_params"] if f else None,
-            "rel_error": f["fold"]["rel_error"] if f else None, "energy_kept": f["fold"]["energy_kept"] if f else None,
-            "folded": f["top1"] if f else None, "folded_bn": f["bn_recalibrated"]["top1"] if f else None,
-            "cells": [top(f"fold-{tag}"), f"{f['bn_recalibrated']['top1']:.2f}" if f else "—",
-                      *[top(f"{arm}-lr{lr:g}-{tag}") for lr in proto["finetune_lrs"]
-                        for arm in ("finetune", "finetune-kd")],
-                      top(f"scratch-{tag}"), top(f"scratch-long-{tag}")],
-        })
+    teacher = recs.get("teacher")
     per_epoch = (proto["train_subset"] or 60_000) // proto["batch_size"]
     t_steps, ft_steps = round(proto["teacher_epochs"] * per_epoch), round(proto["finetune_epochs"] * per_epoch)
-    ft_heads = [f"(b) fine-tune{' + distill' if kd else ''}, lr {lr:g}" for lr in proto["finetune_lrs"]
-                for kd in (False, True)]
+    ft_heads = [f"(b) fine-tune{' + distill' if kd else ''}, lr {lr:g}" for lr in lrs for _, kd in FINETUNE_ARMS]
     lines = [
         f"Teacher: vanilla `{ARCH}` width {proto['width']} ({teacher['params']:,} parameters), {t_steps} steps: "
         f"**{teacher['top1']:.2f}%** top-1." if teacher else "Teacher: not trained yet.",
@@ -373,41 +348,14 @@ def summarize(args) -> str:
         "| DoF (% of generated weights) | fold rel. error | energy kept | (a) folded | (a) folded + BN re-estimate | "
         + " | ".join(ft_heads) + f" | (c) scratch, {ft_steps} steps | (c) scratch, {t_steps + ft_steps} steps |",
         "|---|" + "---:|" * (6 + len(ft_heads)),
+        *lines_plain,
     ]
-    for r in rows:
-        if r["dof"] is None:
-            lines.append(f"| {100 * r['fraction']:g}% | — | — | " + " | ".join(r["cells"]) + " |")
-            continue
-        share = 100 * r["dof"] / r["generated_params"]
-        lines.append(f"| {r['dof']:,} ({share:.1f}%) "
-                     f"| {r['rel_error']:.3f} | {100 * r['energy_kept']:.1f}% | " + " | ".join(r["cells"]) + " |")
-    rel_rows = []
-    for fraction in args.fractions:
-        tag = pct_id(fraction)
-        f = recs.get(f"fold-relative-{tag}")
-        if f is None:
-            continue
-        cells = [f"{f['top1']:.2f}", f"{f['bn_recalibrated']['top1']:.2f}"]
-        cells += [f"{recs[i]['top1']:.2f}" if i in recs else "—"
-                  for i in (f"finetune-relative-lr{lr:g}-{tag}" for lr in proto["finetune_lrs"])]
-        def rms(layers):
-            return math.sqrt(sum(r["rel_error"] ** 2 for r in layers) / len(layers))
-
-        plain = recs.get(f"fold-{tag}")
-        rel, plain_rms = rms(f["fold"]["layers"]), rms(plain["fold"]["layers"]) if plain else float("nan")
-        rel_rows.append({"fraction": fraction, "dof": f["dof"], "rel_error": f["fold"]["rel_error"],
-                         "rms_layer_rel_error": rel, "plain_fit_rms_layer_rel_error": plain_rms, "folded": f["top1"],
-                         "folded_bn": f["bn_recalibrated"]["top1"]})
-        lines_rel = (f"| {f['dof']:,} ({100 * f['dof'] / f['generated_params']:.1f}%) | {f['fold']['rel_error']:.3f} "
-                     f"| {rel:.3f} (plain fit: {plain_rms:.3f}) | " + " | ".join(cells) + " |")
-        rel_rows[-1]["line"] = lines_rel
     if rel_rows:
         lines += ["", "Folding with the *relative* weighting (`fold(..., weighting=\"relative\")`: every layer's relative "
                   "error counts the same), the same steps:", "",
                   "| DoF | fold rel. error (all) | RMS of the layers' rel. errors | (a) folded | (a) folded + BN re-estimate | "
-                  + " | ".join(f"(b) fine-tune, lr {lr:g}" for lr in proto["finetune_lrs"]) + " |",
-                  "|---|" + "---:|" * (4 + len(proto["finetune_lrs"]))]
-        lines += [r.pop("line") for r in rel_rows]
+                  + " | ".join(f"(b) fine-tune, lr {lr:g}" for lr in lrs) + " |",
+                  "|---|" + "---:|" * (4 + len(lrs)), *lines_rel]
     train_s = sum(r.get("train_seconds", 0.0) for r in recs.values())
     eval_s = sum(r.get("eval_seconds", 0.0) + r.get("bn_recalibrated", {}).get("eval_seconds", 0.0)
                  for r in recs.values())
@@ -420,8 +368,7 @@ def summarize(args) -> str:
     table = "\n".join(lines) + "\n"
     (out / "table.md").write_text(table)
     (out / "summary.json").write_text(json.dumps({"protocol": proto, "fingerprint": fp, "rows": rows,
-                                                  "relative_rows": rel_rows,
-                                                  "runs": recs}, indent=2) + "\n")
+                                                  "relative_rows": rel_rows, "runs": recs}, indent=2) + "\n")
     return table
 
 

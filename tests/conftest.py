@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -33,3 +37,44 @@ def images():
 @pytest.fixture
 def images64():
     return torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+
+
+def lay_out_hub_cache(cache: Path, repo_id: str, folder: Path) -> str:
+    """Write ``folder`` into ``cache`` exactly as huggingface_hub lays out a downloaded snapshot."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    revision = hashlib.sha1(repo_id.encode()).hexdigest()
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    (repo / "blobs").mkdir()
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    for file in folder.iterdir():
+        blob = hashlib.sha256(file.read_bytes()).hexdigest()
+        shutil.copy(file, repo / "blobs" / blob)
+        (snapshot / file.name).symlink_to(Path("..") / ".." / "blobs" / blob)
+    return revision
+
+
+def break_checkpoint(path: Path, tmp_path: Path, how: str) -> Path:
+    """A copy of the ring-only folder ``path`` damaged one way: ``dof`` (config claims 1000 more
+    entries), ``version`` (unknown generator), ``missing`` / ``nan`` / ``inf`` (the ring), ``free``
+    (a free tensor gone)."""
+    from safetensors.torch import load_file, save_file
+
+    dst = tmp_path / how
+    shutil.copytree(path, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    tensors = load_file(dst / "model.safetensors")
+    if how == "dof":
+        cfg.update(dof=cfg["dof"] + 1000, ring_sizes=[cfg["dof"] + 1000])
+    elif how == "version":
+        cfg["generator_version"] = 99
+    elif how == "missing":
+        tensors.pop("backbone.rpg.rings.0")
+    elif how in ("nan", "inf"):
+        tensors["backbone.rpg.rings.0"][5] = float(how)
+    elif how == "free":
+        tensors.pop("backbone.fc.weight")
+    (dst / "config.json").write_text(json.dumps(cfg))
+    save_file(tensors, dst / "model.safetensors", metadata={"format": "pt"})
+    return dst

@@ -83,6 +83,29 @@ def test_golden_expansion_matches_the_stored_hashes(tmp_path):
     data = json.loads((tmp_path / "g.json").read_text())
     assert data["failed"] == 0 and data["passed"] >= 7, data
     assert sum("sha256 == stored" in r["check"] for r in data["results"] if r["status"] == "PASS") == 3, data
+    # the golden layouts against tests/core/spec_v1.py (loaded by path): run, not skipped as a note
+    assert sum("tests/core/spec_v1.py" in r["check"] for r in data["results"] if r["status"] == "PASS") == 3, data
+
+
+def test_step_time_modules_import_as_a_package(capsys):
+    """benchmarks/ is importable as ``benchmarks.<name>`` from the repository root (as recipes/): the
+    per-pair ratio statistics and the ``--check`` verdicts, without timing anything."""
+    import importlib
+
+    step_time = importlib.import_module("benchmarks.step_time")
+    measure = importlib.import_module("benchmarks.step_measure")
+    report = importlib.import_module("benchmarks.step_report")
+    assert step_time.Bench is measure.Bench
+    s = measure.ratio_stats([10.0, 10.0, 20.0], [11.0, 12.0, 20.0])
+    assert s["pair_ratios"] == [1.1, 1.2, 1.0] and s["ratio"] == 1.1 and (s["ratio_min"], s["ratio_max"]) == (1.0, 1.2)
+    row = {"model": "m", "dof": 5, "batch": 2, "res": 32, "eager": s, "compiled": None}
+    rows = {("m", 5): row}
+    assert report.check(rows, {"eager": 1.15, "compiled": None}) == 0
+    assert report.check(rows, {"eager": 1.05, "compiled": None}) == 1
+    assert report.check(rows, {"eager": None, "compiled": 9.0}) == 1  # no compiled measurement
+    out = capsys.readouterr().out
+    assert "CHECK OK (--check 1.15)" in out and "CHECK FAILED (--check 1.05): m dof=5 eager median ratio 1.100" in out
+    assert "CHECK FAILED (--check-compiled 9): m dof=5 has no compiled measurement" in out
 
 
 @pytest.mark.slow

@@ -43,7 +43,7 @@ def test_help_of_every_subcommand(capsys):
     assert "convert" in run("--help").stdout  # the installed console script
     from rpg_hf.cli import main
 
-    for sub in ("convert", "info", "expand", "card", "push", "scaling", "demo"):
+    for sub in ("convert", "info", "expand", "card", "push", "scaling", "fold", "demo"):
         with pytest.raises(SystemExit) as exit_info:
             main([sub, "--help"])
         assert exit_info.value.code == 0
@@ -56,6 +56,22 @@ def test_convert_and_info(converted):
     assert "generator_version=1" in text and "compression" in text and "model.safetensors" in text
     info = json.loads(run("info", str(converted), "--json").stdout)
     assert info["dof"] == 2000 and info["architecture"] == "test_resnet" and info["files"]["model.safetensors"] > 0
+    assert rpg_hf.RPGConfig.from_pretrained(converted).spec == rpg_hf.RPGSpec(dof=2000)  # flags not given: defaults
+
+
+def test_convert_reaches_every_spec_option(tmp_path, capsys):
+    """The ring flags come from RPGSpec: the spec options beyond --dof/--seed/--scope reach the config."""
+    from rpg_hf.cli import main
+
+    main(["convert", "test_resnet", str(tmp_path / "c"), "--dof", "700", "--num-labels", "2", "--seed", "3",
+          "--scope", "stage", "--no-permute", "--no-sign-flip", "--no-exclude-head", "--include", "layer", "fc",
+          "--exclude", "downsample", "--reference-fan", "576", "--linear-std", "0.05"])
+    assert "dof=700" in capsys.readouterr().out
+    config = rpg_hf.RPGConfig.from_pretrained(tmp_path / "c")
+    assert config.spec == rpg_hf.RPGSpec(dof=700, seed=3, scope="stage", permute=False, sign_flip=False,
+                                         exclude_head=False, include=("layer", "fc"), exclude=("downsample",),
+                                         reference_fan=576, linear_std=0.05)
+    assert "fc" in {layer["name"] for layer in config.generated_layers}
 
 
 def test_expand_timm_loads_in_timm_with_equal_outputs(converted, tmp_path):

@@ -1,6 +1,7 @@
 """The `rpg-hf` command (also `python -m rpg_hf`): convert, info, expand, card, push, fold, demo, scaling.
 
-Heavy imports happen inside the subcommands so that `rpg-hf --help` answers at once.
+Heavy imports happen inside the subcommands so that `rpg-hf --help` answers at once.  The ring
+options of ``convert`` and ``fold`` are generated from the `RPGSpec` fields (:mod:`rpg_hf.spec`).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from rpg_hf.spec import add_spec_arguments, spec_kwargs
 
 
 def _load(path_or_repo: str):
@@ -34,7 +37,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
     import rpg_hf
 
-    common = dict(dof=args.dof, seed=args.seed, num_labels=args.num_labels, scope=args.scope)
+    common = dict(num_labels=args.num_labels, **spec_kwargs(args))
     if args.image_size:
         common["image_size"] = args.image_size
     arch = Path(args.arch)
@@ -130,8 +133,8 @@ def cmd_fold(args: argparse.Namespace) -> None:
     model_args = json.loads(args.model_args) if args.model_args else None
     try:
         source = load_source(args.source, arch=args.arch, model_args=model_args, num_labels=args.num_labels)
-        config = config_from_model(source, args.dof, model_args=model_args, seed=args.seed, scope=args.scope,
-                                   permute=not args.no_permute, sign_flip=not args.no_sign_flip)
+        fields = spec_kwargs(args)
+        config = config_from_model(source, fields.pop("dof"), model_args=model_args, **fields)
         model, report = fold(source, config, weighting=args.weighting)
     except (ValueError, TypeError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from err
@@ -157,12 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="a fresh RPG model saved ring-only")
     p.add_argument("arch", help="timm architecture name, or a transformers ViT config (file or folder)")
     p.add_argument("out", help="output folder")
-    p.add_argument("--dof", type=int, required=True, help="degrees of freedom (ring size)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-labels", type=int, default=1000)
-    p.add_argument("--scope", default="global", choices=["global", "stage", "block"])
     p.add_argument("--image-size", type=int, default=None, help="preprocessing crop size")
     p.add_argument("--model-args", default=None, help='JSON of extra timm.create_model kwargs, e.g. \'{"in_chans": 1}\'')
+    add_spec_arguments(p.add_argument_group("ring (RPGSpec)"))
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("info", help="DoF table, compression, files and generator version of a checkpoint")
@@ -210,12 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fold", help="fold a trained timm / ViT network into a ring (least squares), saved ring-only")
     p.add_argument("source", help="timm or transformers ViT folder, RPG checkpoint (refold), weights file of --arch, "
                                   "or a pretrained timm model name")
-    p.add_argument("--dof", type=int, required=True, help="degrees of freedom (ring size)")
     p.add_argument("-o", "--out", required=True, help="output folder (loads with from_pretrained)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scope", default="global", choices=["global", "stage", "block"])
-    p.add_argument("--no-permute", action="store_true", help="ablation: no per-layer permutation")
-    p.add_argument("--no-sign-flip", action="store_true", help="ablation: no per-layer sign flip")
     p.add_argument("--arch", default=None, help="timm architecture of a bare weights file")
     p.add_argument("--model-args", default=None, help="JSON of timm.create_model kwargs for a bare weights file")
     p.add_argument("--num-labels", type=int, default=None, help="head size (default: read from the weights)")
@@ -223,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="least-squares objective: the plain reconstruction error, or every layer's relative error "
                         "counted equally")
     p.add_argument("--json", action="store_true", help="print the fit report as JSON")
+    add_spec_arguments(p.add_argument_group("ring (RPGSpec)"))
     p.set_defaults(func=cmd_fold)
 
     p = sub.add_parser("demo", help="train RPG vs equal-DoF vanilla on Fashion-MNIST and compare")

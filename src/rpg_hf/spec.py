@@ -1,13 +1,18 @@
-"""`RPGSpec`: what to generate from which ring, validated up front.
+"""`RPGSpec`: what to generate from which ring, validated up front — the one list of ring options.
 
-Fields carry their help text in ``metadata["help"]`` (PEFT's habit), so the CLI and the docs
-read the same words.  The defaults are the reference code's choices (DESIGN.md §1).
+Fields carry their help text in ``metadata["help"]`` (PEFT's habit).  Everything else derives
+from ``dataclasses.fields(RPGSpec)``: the command-line flags (:func:`add_spec_arguments`), the
+picking of the options out of parsed arguments / keyword arguments (:func:`spec_kwargs`, used by
+`RPGConfig.spec` and the timm entrypoints).  The defaults are the reference code's choices
+(the paper's official implementation): every conv but the stem generated, one global ring.
 """
 
 from __future__ import annotations
 
+import argparse
 import re
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 from rpg_hf.core.construction import GENERATOR_VERSION, check_generator_version
@@ -38,7 +43,7 @@ class RPGSpec:
         default=None,
         metadata={
             "help": "Keep the first convolution free. None: yes for conv nets; no when the model has "
-            "a single conv (a ViT's patch embedding is generated, DESIGN.md §1)."
+            "a single conv (a ViT's patch embedding is generated, as in the paper's ViT)."
         },
     )
     exclude_head: bool = field(
@@ -98,8 +103,71 @@ class RPGSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RPGSpec:
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(d) - known
+        unknown = set(d) - set(SPEC_FIELDS)
         if unknown:
             raise ValueError(f"unknown RPGSpec field(s): {sorted(unknown)}")
         return cls(**d)
+
+
+SPEC_FIELDS = tuple(f.name for f in fields(RPGSpec))
+"""The names of the `RPGSpec` fields, in declaration order."""
+
+
+def spec_kwargs(source: Mapping[str, Any] | Any) -> dict[str, Any]:
+    """The `RPGSpec` fields of ``source``: a mapping (``**kwargs``, a config dict) or an object with
+    attributes (an ``argparse.Namespace``, an `RPGConfig`).
+
+    Absent fields and fields set to ``None`` are left out: ``None`` means the field's default
+    (a config's ``target_types=None``, a flag that was not given), so ``RPGSpec(**spec_kwargs(x))``
+    works on any of them.
+    """
+    if isinstance(source, Mapping):
+        values = {name: source.get(name) for name in SPEC_FIELDS}
+    else:
+        values = {name: getattr(source, name, None) for name in SPEC_FIELDS}
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def add_spec_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, exclude: Iterable[str] = (),
+                       required: Iterable[str] = ("dof",),
+                       overrides: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    """Add one flag per `RPGSpec` field to ``parser`` (or an argument group), with the field's help.
+
+    The destination is the field's name, so ``RPGSpec(**spec_kwargs(args))`` reads them back:
+    ``--dof`` / ``--seed`` / ``--reference-fan`` / ``--linear-std`` / ``--generator-version`` take a
+    number, ``--scope`` one of `SCOPES`, ``--target-types`` / ``--include`` / ``--exclude`` one or more
+    values (not given: the spec's default), a switch on by default is turned off by ``--no-<name>``
+    (``--no-permute``, ``--no-sign-flip``, ``--no-exclude-head``) and the tri-state ``exclude_stem``
+    is ``--exclude-stem`` / ``--no-exclude-stem`` (neither: decided by the model).  ``exclude`` names
+    fields that get no flag, ``required`` the flags that must be given (a field without a default,
+    ``dof``, that is not required defaults to None); ``overrides`` updates the ``add_argument``
+    keywords of a field, e.g. ``{"dof": {"default": 45_000}}``.
+    """
+    exclude, required, overrides = set(exclude), set(required), dict(overrides or {})
+    unknown = (exclude | required | set(overrides)) - set(SPEC_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown RPGSpec field(s): {sorted(unknown)}")
+    for f in fields(RPGSpec):
+        if f.name in exclude:
+            continue
+        dashed, default = f.name.replace("_", "-"), None if f.default is MISSING else f.default
+        flag, kwargs = f"--{dashed}", {"dest": f.name, "help": f.metadata["help"]}
+        if default is None and "bool" in str(f.type):  # tri-state: True, False or None (decided later)
+            kwargs.update(action=argparse.BooleanOptionalAction, default=None)
+        elif isinstance(default, bool):
+            flag, kwargs["action"], kwargs["default"] = f"--no-{dashed}", "store_false", default
+            kwargs["help"] += f" {flag} turns it off."
+        elif isinstance(default, tuple):
+            kwargs.update(nargs="+", default=None, metavar=f.name.upper())
+            kwargs["help"] += f" Default: {' '.join(default) or 'none'}."
+        else:
+            kwargs.update(type=type(default) if default is not None else int, default=default)
+            if f.name == "scope":
+                kwargs["choices"] = SCOPES
+            if default is not None:
+                kwargs["help"] += " Default: %(default)s."
+        if f.name in required:
+            kwargs["required"] = True
+            kwargs.pop("default", None)
+        kwargs.update(overrides.get(f.name, {}))
+        parser.add_argument(flag, **kwargs)

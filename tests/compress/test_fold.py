@@ -431,6 +431,17 @@ def test_fold_measurement_script_smoke(tmp_path):
     assert (tmp_path / "models" / "folded-25pct" / "model.safetensors").is_file()
 
 
+def test_fold_measurement_epoch_order_is_one_generator_s_permutations():
+    """The measurement trains through ``rpg_hf.train.loop.fit``, which asks for each epoch's batches on its own:
+    epoch e's order is still the e-th permutation drawn from one seeded generator (the order of the stored runs)."""
+    import importlib
+
+    module = importlib.import_module("recipes.fold_fashion_mnist")
+    g = torch.Generator().manual_seed(10_000 + 3)
+    for epoch in range(3):
+        assert torch.equal(module.epoch_order(50, epoch, seed=3), torch.randperm(50, generator=g))
+
+
 def test_readme_fold_table_matches_the_generated_table():
     root = Path(__file__).parents[2]
     readme = (root / "README.md").read_text()

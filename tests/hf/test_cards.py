@@ -55,8 +55,6 @@ def no_hub(monkeypatch):
     monkeypatch.setattr(huggingface_hub.repocard, "get_session", refuse)
 
 
-
-
 @pytest.fixture(scope="module")
 def render():
     return importlib.import_module("model_cards.render")
@@ -121,7 +119,7 @@ def check_metadata(path: Path) -> dict:
 def test_template_is_the_one_in_model_cards():
     assert template_path() == CARDS / "template.md"
     assert not (ROOT / "src" / "rpg_hf" / "templates").exists()
-    assert "Recurrent Parameter Generator" not in (ROOT / "src" / "rpg_hf" / "cards.py").read_text()
+    assert "Recurrent Parameter Generator" not in (ROOT / "src" / "rpg_hf" / "hf" / "cards.py").read_text()
 
 
 def test_wheel_ships_the_template(tmp_path):
@@ -163,6 +161,13 @@ def test_card_info_from_a_reparameterized_timm_model(rpg_resnet):
     assert not info.checkpoint_measured and info.ring_sparsity is None
     with pytest.raises(TypeError, match="no_such_field"):
         CardInfo.from_model(rpg_resnet, no_such_field=1)
+
+
+def test_a_timm_models_card_is_named_after_its_folder(rpg_resnet, tmp_path):
+    """timm models record no Hub id: write_model_card names the card after the folder it is in."""
+    card = write_model_card(rpg_resnet, tmp_path / "my-resnet")
+    assert card.data.model_name == "my-resnet" and "timm" in card.data.tags
+    assert 'timm.create_model("hf-hub:my-resnet", pretrained=True)' in card.text
 
 
 def test_card_info_from_an_rpg_pretrained_model_reads_its_config():
@@ -342,6 +347,8 @@ def test_save_pretrained_card_then_objectnet_recipe_updates_the_same_card(tmp_pa
     text = (folder / "README.md").read_text()
     size = (folder / "model.safetensors").stat().st_size
     info = CardInfo.from_model(model)
+    assert info.model_id == "test_resnet-rpg-dof2500"  # a fresh model has no Hub id
+    assert CardInfo.from_model(rpg_hf.RPGForImageClassification.from_pretrained(folder)).model_id == "tiny-rpg"
     assert size - 20_000 < info.checkpoint_bytes <= size  # the payload estimate is the file less its header
     assert f"| Checkpoint (`model.safetensors`) | {size / 1024:.1f} KiB;" in text  # measured: no "≈"
     assert meta["model-index"][0]["name"] == "tiny-rpg" and "trust_remote_code=True" in text
@@ -440,8 +447,6 @@ def test_every_recipe_config_has_a_card(render):
 
 def test_catalogue_metadata_and_measured_results(render, catalogue):
     """Recipe configs: no run exists, so no result and the paper's figures apart; demo / sweep: ours."""
-    demo = json.loads((ROOT / "results" / "demo" / "summary.json").read_text())
-    sweep = json.loads((ROOT / "results" / "fashion_mnist" / "summary.json").read_text())
     for entry in render.load_manifest()["cards"]:
         path = CARDS / f"{entry['name']}.md"
         meta = check_metadata(path)
@@ -454,9 +459,11 @@ def test_catalogue_metadata_and_measured_results(render, catalogue):
             assert got == {} and "No evaluation of this checkpoint has been recorded yet" in text
             assert meta["datasets"] == ["ILSVRC/imagenet-1k"]
         elif entry["kind"] == "demo":
+            demo = json.loads((ROOT / entry["measured"]).read_text())
             assert got == {(entry["dataset"], "Top-1 accuracy"): demo["rpg"]["top1"],
                            (entry["dataset"], "Top-5 accuracy"): demo["rpg"]["top5"]}
         else:
+            sweep = json.loads((ROOT / entry["measured"]).read_text())
             (run,) = [r for r in sweep["runs"] if (r["arch"], r["method"], r["dof"], r["seed"]) ==
                       (entry["arch"], "rpg", entry["dof"], 0)]
             assert got == {(entry["dataset"], "Top-1 accuracy"): pytest.approx(100 * run["top1"])}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from conftest import lay_out_hub_cache
 from huggingface_hub import constants
 from PIL import Image
 from safetensors import safe_open
@@ -28,6 +28,9 @@ from transformers import (
 
 import rpg_hf
 from rpg_hf.hf.checkpoint import CheckpointError
+from rpg_hf.hf.remote_code import REMOTE_CODE_FILES
+from rpg_hf.hf.remote_code import configuration_rpg as remote_cfg
+from rpg_hf.hf.remote_code import modeling_rpg as remote
 
 LABELS = {0: "cat", 1: "dog", 2: "bird"}
 
@@ -63,8 +66,8 @@ def _logits(model, x):
 
 def test_round_trip_is_bit_identical_and_file_is_ring_only(saved_resnet):
     model, path = saved_resnet
-    assert sorted(os.listdir(path)) == ["README.md", "config.json", "configuration_rpg.py", "model.safetensors",
-                                        "modeling_rpg.py", "preprocessor_config.json"]  # + trust_remote_code files
+    assert sorted(os.listdir(path)) == sorted(["README.md", "config.json", "model.safetensors",
+                                               "preprocessor_config.json", *REMOTE_CODE_FILES])
     loaded = AutoModelForImageClassification.from_pretrained(path).eval()
     assert type(loaded) is rpg_hf.RPGForImageClassification
     assert torch.equal(_logits(model, _x()), _logits(loaded, _x()))
@@ -94,20 +97,6 @@ def test_config_records_layer_order_and_generator(saved_resnet):
     assert isinstance(AutoConfig.from_pretrained(path), rpg_hf.RPGConfig)
 
 
-def _lay_out_hub_cache(cache: Path, repo_id: str, folder: Path) -> str:
-    """Write `folder` into `cache` exactly as huggingface_hub lays out a downloaded snapshot."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    revision = hashlib.sha1(repo_id.encode()).hexdigest()
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(revision)
-    (repo / "blobs").mkdir()
-    snapshot = repo / "snapshots" / revision
-    snapshot.mkdir(parents=True)
-    for file in folder.iterdir():
-        blob = hashlib.sha256(file.read_bytes()).hexdigest()
-        shutil.copy(file, repo / "blobs" / blob)
-        (snapshot / file.name).symlink_to(Path("..") / ".." / "blobs" / blob)
-    return revision
 
 
 def test_offline_hub_repo_id_auto_model_and_pipeline(tmp_path, monkeypatch):
@@ -115,7 +104,7 @@ def test_offline_hub_repo_id_auto_model_and_pipeline(tmp_path, monkeypatch):
     folder = tmp_path / "folder"
     model.save_pretrained(folder)
     cache = tmp_path / "hub"
-    _lay_out_hub_cache(cache, "org/resnet34-rpg-45k", folder)
+    lay_out_hub_cache(cache, "org/resnet34-rpg-45k", folder)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     assert constants.HF_HUB_OFFLINE
     loaded = AutoModelForImageClassification.from_pretrained("org/resnet34-rpg-45k").eval()
@@ -150,7 +139,7 @@ def test_push_to_hub_uploads_ring_only_folder_and_card(saved_resnet, tmp_path):
     assert create_branch.call_args.kwargs["branch"] == "v1"
     assert captured["kw"]["revision"] == "v1" and captured["kw"]["commit_message"] == "ring only"
     assert set(captured["files"]) == {"config.json", "model.safetensors", "preprocessor_config.json", "README.md",
-                                      "configuration_rpg.py", "modeling_rpg.py"}
+                                      *REMOTE_CODE_FILES}
     for name in ("config.json", "model.safetensors", "preprocessor_config.json"):
         assert captured["files"][name] == (path / name).stat().st_size
     card = captured["card"]
@@ -189,6 +178,53 @@ def test_trainer_with_default_optimizer_regenerates_every_step(tmp_path):
     assert all(not torch.equal(a, b) for a, b in zip(seen, seen[1:], strict=False))
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def _tiny(num_labels: int, remote_code: bool = False):
+    torch.manual_seed(0)
+    model = rpg_hf.RPGForImageClassification(rpg_hf.RPGConfig(
+        backbone="timm", architecture="test_resnet", dof=2000, num_labels=num_labels, image_size=32))
+    if remote_code:  # the trust_remote_code class, from the same (recorded) config
+        model = remote.RPGForImageClassification(remote_cfg.RPGConfig.from_dict(model.config.to_dict()))
+    return model.eval()
+
+
+@pytest.mark.parametrize("remote_code", [False, True], ids=["package", "remote_code"])
+def test_loss_is_transformers_image_classification_loss(remote_code):
+    """``config.problem_type`` picks the loss as in every transformers image classifier (and is
+    inferred from the labels when unset); -100 labels are ignored; Trainer's num_items_in_batch
+    (gradient accumulation) divides the summed loss."""
+    from transformers.loss.loss_utils import LOSS_MAPPING
+
+    F = torch.nn.functional
+    x = _x(32, 4)
+    single = _tiny(3, remote_code)
+    assert single.loss_function is LOSS_MAPPING["ForImageClassification"]
+    labels = torch.tensor([0, 2, -100, 1])
+    out = single(x, labels=labels)
+    assert single.config.problem_type == "single_label_classification"
+    assert torch.allclose(out.loss, F.cross_entropy(out.logits, labels))
+    loss, logits = single(x, labels=labels, return_dict=False)
+    assert torch.equal(loss, out.loss) and torch.equal(logits, out.logits)
+    summed = single(x, labels=labels, num_items_in_batch=6).loss
+    assert torch.allclose(summed, F.cross_entropy(out.logits, labels, reduction="sum") / 6)
+
+    multi = _tiny(3, remote_code)
+    targets = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    out = multi(x, labels=targets)  # float labels over several classes: multi-label
+    assert multi.config.problem_type == "multi_label_classification"
+    assert torch.allclose(out.loss, F.binary_cross_entropy_with_logits(out.logits, targets))
+
+    regression = _tiny(1, remote_code)
+    values = torch.tensor([0.5, -1.0, 2.0, 0.0])
+    out = regression(x, labels=values)
+    assert regression.config.problem_type == "regression"
+    assert torch.allclose(out.loss, F.mse_loss(out.logits.squeeze(-1), values))
+
+    chosen = _tiny(3, remote_code)
+    chosen.config.problem_type = "regression"  # an explicit problem_type wins over the labels' dtype
+    out = chosen(x, labels=targets)
+    assert torch.allclose(out.loss, F.mse_loss(out.logits, targets))
 
 
 def test_vit_backbone_round_trip_processor_and_export(tmp_path):

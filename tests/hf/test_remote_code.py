@@ -1,11 +1,14 @@
-"""trust_remote_code loading: the two files every checkpoint carries, checked against the package.
+"""trust_remote_code loading: the files every checkpoint carries, checked against the package.
 
 * the files import nothing but torch / transformers / safetensors (timm only inside a try), and
-  never rpg_hf — checked on the source and with transformers' own import scanner;
-* their pinned construction equals the package's golden vectors, the spec re-implementation
-  (``spec_v1``) and the package's expansion, weight for weight;
+  never rpg_hf — checked on the source and with transformers' own import scanner; they import each
+  other relatively, so transformers' dynamic-module loader fetches every one of them;
+* the pinned construction and the plain-PyTorch generation they carry are the package's own
+  ``rpg_hf.core`` modules, shipped verbatim (so ``tests/core`` checks them: golden vectors, spec),
+  and the int8 codec is the package's; the remote classes expand like the package, weight for weight;
 * a subprocess in which ``import rpg_hf`` raises loads timm and ViT checkpoints with
-  ``trust_remote_code=True`` and gets the package's logits bit for bit (and the same errors);
+  ``trust_remote_code=True`` and gets the package's logits bit for bit (and the same errors),
+  re-saves a folder that loads again, and still loads a folder of the old two-file layout;
 * where rpg_hf is imported, ``trust_remote_code=True`` still yields the package's classes.
 """
 
@@ -15,29 +18,34 @@ import ast
 import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-import spec_v1
 import torch
-from safetensors.torch import load_file, save_file
-from test_construction import GOLDEN, RING
+from conftest import break_checkpoint
 from transformers import AutoConfig, AutoModelForImageClassification, ViTConfig
-from transformers.dynamic_module_utils import get_imports, get_relative_imports
+from transformers.dynamic_module_utils import get_imports, get_relative_import_files, get_relative_imports
 
 import rpg_hf
-from rpg_hf.core import construction as package_generator
-from rpg_hf.core.reference import LayerSlot, generate_layer, layer_indices
+import rpg_hf.hf.remote_code as remote_code
+from rpg_hf.core import construction as package_construction
+from rpg_hf.core import reference as package_reference
 from rpg_hf.hf.checkpoint import CheckpointError
-from rpg_hf.hf.remote_code import REMOTE_CODE_DIR, REMOTE_CODE_FILES
+from rpg_hf.hf.remote_code import REMOTE_CODE_FILES, remote_code_sources
 from rpg_hf.hf.remote_code import configuration_rpg as remote_cfg
 from rpg_hf.hf.remote_code import modeling_rpg as remote
+from rpg_hf.hf.remote_code import rpg_backbone as remote_backbone
+from rpg_hf.hf.remote_code import rpg_checkpoint as remote_ckpt
 
 LABELS = {0: "cat", 1: "dog", 2: "bird"}
 ROOT = Path(__file__).resolve().parents[2]
+SOURCES = remote_code_sources()  # file name in a checkpoint -> the package file it is copied from
+REMOTE_CODE_DIR = Path(remote_code.__file__).resolve().parent
+SHIPPED_CORE = {"construction.py": package_construction, "reference.py": package_reference}
 
 
 def _timm_cfg(dof=2000, **kw):
@@ -81,103 +89,83 @@ def folders(tmp_path_factory):
 # ------------------------------------------------------------------ the files themselves
 
 
+SIBLINGS = {name.removesuffix(".py") for name in REMOTE_CODE_FILES}
+
+
 @pytest.mark.parametrize("name", REMOTE_CODE_FILES)
 def test_remote_files_never_import_rpg_hf(name):
-    path = REMOTE_CODE_DIR / name
+    path = SOURCES[name]
     tree = ast.parse(path.read_text())
+    relative = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             assert all(not a.name.split(".")[0] == "rpg_hf" for a in node.names), ast.dump(node)
         elif isinstance(node, ast.ImportFrom):
-            if node.level:  # relative imports: only the sibling file
-                assert node.module == "configuration_rpg", ast.dump(node)
+            if node.level:  # relative imports: only sibling files, as `from .name import ...` (what transformers scans)
+                assert node.level == 1 and node.module in SIBLINGS, ast.dump(node)
+                relative.add(node.module)
             else:
                 assert node.module.split(".")[0] != "rpg_hf", ast.dump(node)
     assert "rpg_hf" not in {n.split(".")[0] for n in get_imports(str(path))}
     # what transformers demands be installed: timm only inside a try (ViT checkpoints don't need it)
     third_party = set(get_imports(str(path))) - set(sys.stdlib_module_names)
     assert third_party <= {"torch", "transformers", "safetensors"}, third_party
-    assert get_relative_imports(str(path)) == ([] if name == "configuration_rpg.py" else ["configuration_rpg"])
+    assert set(get_relative_imports(str(path))) == relative  # transformers sees every relative import
+    assert len(path.read_text().splitlines()) <= 400
+
+
+def test_the_remote_files_are_this_folder_and_the_shipped_core_modules():
+    """write_remote_code copies every file of the folder and the two pure-torch core modules, one
+    source each: inside the package their sibling names are aliases of the core modules."""
+    here = {name for name, path in SOURCES.items() if path.parent == REMOTE_CODE_DIR}
+    assert here == {p.name for p in REMOTE_CODE_DIR.glob("*.py")} - {"__init__.py"}
+    assert set(SOURCES) == set(REMOTE_CODE_FILES) == here | set(SHIPPED_CORE)
+    for name, module in SHIPPED_CORE.items():
+        assert SOURCES[name] == Path(module.__file__).resolve()
+        assert sys.modules[f"{remote_code.__name__}.{name[:-3]}"] is module  # the alias: one module object
+    assert remote_backbone.LayerSlot is package_reference.LayerSlot
+    assert remote_backbone.generate_layer is package_reference.generate_layer
+    assert remote_cfg.check_generator_version is package_construction.check_generator_version
+    assert (remote_cfg.GENERATOR_VERSION, remote_cfg.SUPPORTED_GENERATOR_VERSIONS) == (
+        package_construction.GENERATOR_VERSION, package_construction.SUPPORTED_GENERATOR_VERSIONS)
 
 
 def test_saved_folder_carries_the_files_and_auto_map(folders):
     path, _ = folders["timm"]
     for name in REMOTE_CODE_FILES:
-        assert (path / name).read_bytes() == (REMOTE_CODE_DIR / name).read_bytes()
+        assert (path / name).read_bytes() == SOURCES[name].read_bytes()
+    # what transformers' dynamic-module loader fetches from the folder: every file for the model,
+    # the config and the construction (its generator_version check) for AutoConfig alone
+    fetched = {Path(f).name for f in get_relative_import_files(str(path / "modeling_rpg.py"))}
+    assert fetched | {"modeling_rpg.py"} == set(REMOTE_CODE_FILES)
+    assert {Path(f).name for f in get_relative_import_files(str(path / "configuration_rpg.py"))} == {"construction.py"}
     cfg = json.loads((path / "config.json").read_text())
     assert cfg["auto_map"] == {"AutoConfig": "configuration_rpg.RPGConfig",
                                "AutoModelForImageClassification": "modeling_rpg.RPGForImageClassification"}
     assert cfg["model_type"] == "rpg"
 
 
-def test_constants_and_versions_match_the_package():
-    assert remote_cfg.GENERATOR_VERSION == package_generator.GENERATOR_VERSION
-    assert remote_cfg.SUPPORTED_GENERATOR_VERSIONS == package_generator.SUPPORTED_GENERATOR_VERSIONS
-    for name in ("MASK32", "MASK64", "GOLDEN64", "HASH_MUL1", "HASH_MUL2", "NUM_ROUNDS", "MAX_LAYER_SIZE"):
-        assert getattr(remote, name) == getattr(package_generator, name), name
+def test_the_package_builds_on_the_remote_code():
     from rpg_hf import spec
 
     assert (remote_cfg.SCOPES, remote_cfg.REFERENCE_FAN) == (spec.SCOPES, spec.REFERENCE_FAN)
     assert issubclass(rpg_hf.RPGConfig, remote_cfg.RPGConfig)  # one definition of the config format
+    assert issubclass(rpg_hf.RPGForImageClassification, remote.RPGForImageClassification)  # one save/load/forward
     model = rpg_hf.RPGForImageClassification(_timm_cfg())
     assert type(model.image_processor()).__name__ == remote_cfg.IMAGE_PROCESSOR_TYPE
 
 
-# ------------------------------------------------------------------ the pinned construction
-
-
-def test_remote_construction_golden_vectors():
-    assert remote.mix64(0) == 0xE220A8397B1DCDAF
-    v = remote.hash32(torch.arange(4, dtype=torch.int64), 0x12345678)
-    assert v.tolist() == [2838851077, 1587700696, 920116665, 593785079]
-    for position, (n, start, first_idx, first_sign) in GOLDEN.items():
-        slot = remote.LayerSlot(position, (n,), start, 1.0, seed=0)
-        idx, neg = remote.layer_indices(slot, RING)
-        assert idx[:8].tolist() == first_idx
-        assert (1 - 2 * neg[:8].int()).tolist() == first_sign
-        spec_idx, spec_sign = spec_v1.layer_indices(n, start, RING, seed=0, position=position)
-        assert idx.tolist() == spec_idx and (1 - 2 * neg.int()).tolist() == spec_sign
-
-
-@pytest.mark.parametrize("seed", [0, 7, 2**63 + 5])
-def test_remote_keys_match_the_spec(seed):
-    for position in (0, 1, 17, 999):
-        rounds, sign = remote.layer_keys(seed, position)
-        assert [*rounds, sign] == spec_v1.sub_keys(seed, position)
-        keys = package_generator.LayerKeys.derive(seed, position)
-        assert (rounds, sign) == (keys.rounds, keys.sign)
-
-
-@pytest.mark.parametrize("permute,sign_flip", [(True, True), (False, True), (True, False), (False, False)])
-def test_remote_layers_equal_the_package(permute, sign_flip):
-    ring = torch.randn(997, generator=torch.Generator().manual_seed(0))
-    start = 0
-    for position, shape in enumerate([(64, 3, 3, 3), (128, 64, 1, 1), (10, 7), (1,), (2**20 + 17,)]):
-        mult = 0.123456789 * (position + 1)
-        ours = remote.LayerSlot(position, shape, start, mult, 11, permute, sign_flip)
-        theirs = LayerSlot(position, shape, start, mult, 11, permute, sign_flip)
-        assert ours.multiplier == theirs.multiplier
-        idx, neg = remote.layer_indices(ours, ring.numel())
-        ref_idx, ref_neg = layer_indices(theirs, ring.numel())
-        assert torch.equal(idx, ref_idx) and torch.equal(neg, ref_neg)
-        w = remote.generate_layer(ring, ours)
-        assert w.shape == shape
-        assert torch.equal(w.view(-1).view(torch.int32), generate_layer(ring, theirs).view(-1).view(torch.int32))
-        start += ours.numel
-
-
-def test_remote_int8_codec_equals_the_package():
+def test_remote_int8_codec_is_the_package_codec():
     from rpg_hf.compress import quantization
 
+    assert quantization.dequantize_state_dict is remote_ckpt.dequantize_state_dict
     ring = torch.randn(1000, generator=torch.Generator().manual_seed(4))
     for block in (None, 64, 999):
-        ours = remote.quantize_ring(ring, block)
+        ours = remote_ckpt.quantize_ring(ring, block)
         theirs = quantization.quantize_ring(ring, block_size=block).to_tensors("")
         assert set(ours) == set(theirs)
         for k in ours:
             assert torch.equal(ours[k], theirs[k]), (block, k)
-        packed = {f"r{k}": v for k, v in ours.items()}
-        assert torch.equal(remote.dequantize_state_dict(packed)["r"], quantization.dequantize_state_dict(packed)["r"])
 
 
 # ------------------------------------------------------------------ in process: the remote classes
@@ -232,24 +220,6 @@ def test_trust_remote_code_with_rpg_hf_imported_uses_the_package(folders):
     assert torch.equal(_logits(model, _x()), _logits(package, _x()))
 
 
-def _break(path: Path, tmp_path: Path, how: str) -> Path:
-    import shutil
-
-    dst = tmp_path / how
-    shutil.copytree(path, dst)
-    cfg = json.loads((dst / "config.json").read_text())
-    tensors = load_file(dst / "model.safetensors")
-    if how == "dof":
-        cfg.update(dof=cfg["dof"] + 1000, ring_sizes=[cfg["dof"] + 1000])
-    elif how == "version":
-        cfg["generator_version"] = 99
-    elif how == "missing":
-        tensors.pop("backbone.rpg.rings.0")
-    elif how == "nan":
-        tensors["backbone.rpg.rings.0"][5] = float("nan")
-    (dst / "config.json").write_text(json.dumps(cfg))
-    save_file(tensors, dst / "model.safetensors", metadata={"format": "pt"})
-    return dst
 
 
 @pytest.mark.parametrize("how,error,match", [
@@ -259,7 +229,7 @@ def _break(path: Path, tmp_path: Path, how: str) -> Path:
     ("nan", CheckpointError, "holds 1 NaN/Inf value"),
 ])
 def test_remote_errors_are_the_package_errors(folders, tmp_path, how, error, match):
-    bad = _break(folders["timm"][0], tmp_path, how)
+    bad = break_checkpoint(folders["timm"][0], tmp_path, how)
     with pytest.raises(error, match=match) as theirs:
         AutoModelForImageClassification.from_pretrained(bad)
     with pytest.raises(error, match=match) as ours:
@@ -270,7 +240,7 @@ def test_remote_errors_are_the_package_errors(folders, tmp_path, how, error, mat
 # ------------------------------------------------------------------ a process without rpg_hf
 
 BLOCKED = textwrap.dedent('''
-    import importlib.abc, json, sys
+    import importlib.abc, json, os, sys
 
     class NoRpgHf(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
@@ -312,16 +282,64 @@ BLOCKED = textwrap.dedent('''
         report["timm.create_model"] = "loaded"
     except Exception as err:
         report["timm.create_model"] = [type(err).__name__, str(err)]
+    # transformers fetched every sibling file; a re-save without rpg_hf writes them all, and loads again
+    model = AutoModelForImageClassification.from_pretrained(folders["timm"], trust_remote_code=True).eval()
+    report["module_files"] = sorted(os.listdir(os.path.dirname(sys.modules[type(model).__module__].__file__)))
+    model.save_pretrained(f"{out}/resaved")
+    report["resaved"] = sorted(os.listdir(f"{out}/resaved"))
+    again = AutoModelForImageClassification.from_pretrained(f"{out}/resaved", trust_remote_code=True).eval()
+    with torch.no_grad():
+        torch.save(again(x).logits, f"{out}/resaved.pt")
     report["rpg_hf_imported"] = sorted(m for m in sys.modules if m.split(".")[0] == "rpg_hf")
     with open(f"{out}/report.json", "w") as f:
         json.dump(report, f)
 ''')
 
 
+OLD_LAYOUT_COMMIT = "dddca55"  # the last commit whose checkpoints carried two files only
+
+
+def _merged(names: tuple[str, ...]) -> str:
+    """The shipped files ``names``, one after the other in one module, their relative imports
+    dropped (but the one of ``configuration_rpg``)."""
+    parts = []
+    for name in names:
+        tree = ast.parse(SOURCES[name].read_text())
+        tree.body = [node for node in tree.body if not (
+            isinstance(node, ast.ImportFrom) and (node.module == "__future__" or node.level and node.module in
+                                                  SIBLINGS - {"configuration_rpg"})
+            or isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))]
+        parts.append(ast.unparse(tree))
+    return "from __future__ import annotations\n" + "\n\n".join(parts) + "\n"
+
+
+def _two_file_layout(path: Path, dst: Path) -> Path:
+    """``path`` as checkpoints were saved before the remote code was split: ``configuration_rpg.py``
+    and ``modeling_rpg.py`` only — the files rpg_hf wrote at :data:`OLD_LAYOUT_COMMIT` where the
+    repository has that history, else today's code merged into those two files."""
+    shutil.copytree(path, dst)
+    for name in REMOTE_CODE_FILES:
+        (dst / name).unlink()
+    for name in ("configuration_rpg.py", "modeling_rpg.py"):
+        old = subprocess.run(["git", "show", f"{OLD_LAYOUT_COMMIT}:src/rpg_hf/remote_code/{name}"], cwd=ROOT,
+                             capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if old.returncode == 0:
+            (dst / name).write_text(old.stdout)
+        elif name == "configuration_rpg.py":
+            (dst / name).write_text(_merged(("construction.py", "configuration_rpg.py")))
+        else:
+            (dst / name).write_text(_merged(("construction.py", "reference.py", "rpg_checkpoint.py",
+                                             "rpg_backbone.py", "modeling_rpg.py")))
+    assert get_relative_imports(str(dst / "modeling_rpg.py")) == ["configuration_rpg"]
+    assert not get_relative_imports(str(dst / "configuration_rpg.py"))
+    return dst
+
+
 def test_trust_remote_code_without_rpg_hf(folders, tmp_path):
     paths = {name: str(path) for name, (path, _) in folders.items()}
     for how in ("dof", "version", "nan"):
-        paths[f"bad-{how}"] = str(_break(folders["timm"][0], tmp_path, how))
+        paths[f"bad-{how}"] = str(break_checkpoint(folders["timm"][0], tmp_path, how))
+    paths["two-files"] = str(_two_file_layout(folders["timm"][0], tmp_path / "two-files"))
     script = tmp_path / "blocked.py"
     script.write_text(BLOCKED)
     # the same thread count as this process: CPU convolutions may round differently with another
@@ -336,6 +354,13 @@ def test_trust_remote_code_without_rpg_hf(folders, tmp_path):
     for name in ("timm", "vit", "int8"):
         assert report[name].startswith("transformers_modules.") and report[name].endswith(".modeling_rpg")
         assert torch.equal(torch.load(tmp_path / f"{name}.pt"), _logits(folders[name][1], _x())), name
+    timm_logits = _logits(folders["timm"][1], _x())
+    assert report["two-files"].endswith(".modeling_rpg") and report["two-files"] != report["timm"]
+    assert torch.equal(torch.load(tmp_path / "two-files.pt"), timm_logits)  # the old layout still loads
+    assert set(REMOTE_CODE_FILES) <= set(report["module_files"])
+    assert report["resaved"] == sorted(["config.json", "model.safetensors", "preprocessor_config.json",
+                                        *REMOTE_CODE_FILES])
+    assert torch.equal(torch.load(tmp_path / "resaved.pt"), timm_logits)
     assert report["bad-dof"] == ["CheckpointError", *report["bad-dof"][1:]]
     assert "has 2000 entries, but the config says dof=3000" in report["bad-dof"][1]
     assert report["bad-version"][0] == "ValueError" and "unknown RPG generator_version 99" in report["bad-version"][1]

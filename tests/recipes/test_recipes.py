@@ -13,7 +13,9 @@ generated here (3 colour-coded classes of 16×16 PNGs, so the loss falls within 
   LayerNorms do not depend on the batch, whereas BatchNorm statistics are per process in DDP;
 * a run stopped after 4 steps (mid-epoch) and resumed ends with the same ring, bit for bit
   (torch.equal on every saved tensor);
-* every flag used in recipes/README.md's commands exists, and every YAML in recipes/configs loads.
+* every flag used in recipes/README.md's commands exists, every YAML in recipes/configs loads, and
+  the flag spellings (``--batch-size``, ``--no-permute``, ``--resume`` with or without a value,
+  ``--scale MIN MAX``, JSON ``--model-args``) keep their meaning.
 
 One process runs in this interpreter (``train.main``), which saves ~10 s of imports per run;
 Accelerate's singletons are reset after each such run.  The two-process launch (~20 s on 2 CPU
@@ -155,6 +157,7 @@ def test_two_processes_train_checkpoint_and_card(two_process_run):
     from transformers import AutoModelForImageClassification
 
     import rpg_hf
+    from rpg_hf.hf.remote_code import REMOTE_CODE_FILES
 
     out = two_process_run
     results = json.loads((out / "results.json").read_text())
@@ -166,14 +169,17 @@ def test_two_processes_train_checkpoint_and_card(two_process_run):
     assert len(losses) == STEPS
     assert np.mean(losses[-3:]) < np.mean(losses[:3]), f"loss did not go down: {losses}"
 
+    # Accelerate's automatic naming: checkpoint_<i>, the registered run state written last
     checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
-    assert checkpoints == ["step_00000003", "step_00000006", "step_00000009"]
-    assert {"model.safetensors", "optimizer.bin", "train_state.json"} <= set(os.listdir(out / "checkpoints" / checkpoints[-1]))
+    assert checkpoints == ["checkpoint_0", "checkpoint_1", "checkpoint_2"]
+    files = set(os.listdir(out / "checkpoints" / checkpoints[-1]))
+    assert {"model.safetensors", "optimizer.bin", "scheduler.bin", "custom_checkpoint_0.pkl", "random_states_0.pkl",
+            "random_states_1.pkl"} <= files
     assert list((out / "logs").rglob("events.out.tfevents.*")), "no TensorBoard events written"
 
     model_dir = out / "model"
-    assert sorted(os.listdir(model_dir)) == ["README.md", "config.json", "configuration_rpg.py", "model.safetensors",
-                                             "modeling_rpg.py", "preprocessor_config.json"]
+    assert sorted(os.listdir(model_dir)) == sorted(["README.md", "config.json", "model.safetensors",
+                                                    "preprocessor_config.json", *REMOTE_CODE_FILES])
     stored = _final_tensors(out)
     model = AutoModelForImageClassification.from_pretrained(model_dir)
     assert isinstance(model, rpg_hf.RPGForImageClassification)
@@ -226,13 +232,30 @@ def test_resume_mid_epoch_matches_an_uninterrupted_run(train_recipe, imagefolder
     first = run_in_process(train_recipe, _args(imagefolder, out, "--resume", "--stop-after-steps", "4"))
     assert first == {"stopped_at": 4, "output_dir": str(out)}
     assert not (out / "model").exists()
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000003", "step_00000004"]
-    run_in_process(train_recipe, _args(imagefolder, out, "--resume"))
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint_0", "checkpoint_1"]  # steps 3, 4
+    (out / "checkpoints" / "checkpoint_2").mkdir()  # a save_state cut short by the pre-emption: skipped, removed
+    (out / "checkpoints" / "checkpoint_2" / "model.safetensors").write_bytes(b"")
+    run_in_process(train_recipe, _args(imagefolder, out, "--resume", "--keep-checkpoints", "3"))
+    # the resumed run numbers its checkpoints on (steps 6, 9) and drops the oldest beyond --keep-checkpoints
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint_1", "checkpoint_3", "checkpoint_4"]
     _assert_identical(_final_tensors(out), _final_tensors(one_process_run))
     resumed = json.loads((out / "results.json").read_text())
     uninterrupted = json.loads((one_process_run / "results.json").read_text())
     assert resumed["top1"] == uninterrupted["top1"] and resumed["steps"] == STEPS
     assert [e["step"] for e in resumed["evals"]] == [3, 6, 9]
+
+
+def test_resume_from_a_given_checkpoint_folder(train_recipe, imagefolder, one_process_run, tmp_path):
+    out = tmp_path / "rewound"
+    run_in_process(train_recipe, _args(imagefolder, out, "--stop-after-steps", "4"))
+    (out / "checkpoints" / "checkpoint_2").mkdir()  # incomplete: no run state
+    with pytest.raises(SystemExit, match="not a complete checkpoint"):
+        run_in_process(train_recipe, _args(imagefolder, out, "--resume", str(out / "checkpoints" / "checkpoint_2")))
+    # back to step 3 (checkpoint_0) although step 4 is newer: the same ring, new checkpoints after the old ones
+    run_in_process(train_recipe, _args(imagefolder, out, "--resume", str(out / "checkpoints" / "checkpoint_0"),
+                                       "--keep-checkpoints", "0"))
+    _assert_identical(_final_tensors(out), _final_tensors(one_process_run))
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [f"checkpoint_{i}" for i in (0, 1, 3, 4)]
 
 
 def test_vanilla_baseline_is_saved_as_a_timm_folder_with_a_card(train_recipe, imagefolder, tmp_path):
@@ -282,6 +305,63 @@ def test_paper_setting_yamls_parse_with_the_intended_recipe(train_recipe):
     assert (cli.dof, cli.batch_size) == (7, 4)  # the command line wins over the YAML
 
 
+def _train_configs() -> list[Path]:
+    """recipes/configs/*.yaml whose keys are train.py flags (the others are Accelerate configs)."""
+    import yaml
+
+    return [p for p in sorted(CONFIGS.glob("*.yaml")) if "compute_environment" not in yaml.safe_load(p.read_text())]
+
+
+def test_every_train_config_parses_to_its_values(train_recipe):
+    import yaml
+
+    configs = _train_configs()
+    assert len(configs) == 7
+    for path in configs:
+        args = vars(train_recipe.parse_args(["--config", str(path), "--data", "x"]))
+        for key, value in yaml.safe_load(path.read_text()).items():
+            assert args[key.replace("-", "_")] == value, (path.name, key)
+
+
+def test_help_lists_every_flag_group(train_recipe, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_recipe.parse_args(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--data", "--batch-size", "--resume", "--scale", "--model-args", "--init-from", "--config",
+                 "--dof", "--seed", "--scope", "--no-permute", "--no-sign-flip"):
+        assert flag in text, flag
+    assert "ring (rpg_hf.RPGSpec):" in text and "optimization:" in text
+    assert "(default: None)" not in text  # each default is named once
+
+
+def test_flag_spellings(train_recipe, tmp_path):
+    """The spellings the README, the configs and existing job scripts use keep their meaning."""
+    parse = train_recipe.parse_args
+    base = parse(["--data", "x"])
+    assert (base.resume, base.permute, base.sign_flip, base.scale, base.dof, base.nesterov) == (
+        None, True, True, (0.08, 1.0), 45_000, False)
+    a = parse(["--data", "x", "--batch-size", "16", "--grad_accum", "2", "--no-permute", "--no-sign-flip",
+               "--scale", "0.2", "0.9", "--model-args", '{"in_chans": 1}', "--mean", "0.3", "--std", "0.4",
+               "--nesterov", "--scope", "stage", "--resume"])
+    assert (a.batch_size, a.grad_accum, a.permute, a.sign_flip, a.scale, a.scope) == (16, 2, False, False,
+                                                                                      (0.2, 0.9), "stage")
+    assert (a.model_args, a.mean, a.std, a.nesterov, a.resume) == ({"in_chans": 1}, [0.3], [0.4], True, "latest")
+    assert parse(["--data", "x", "--resume", "runs/a/checkpoints/checkpoint_3"]).resume.endswith("checkpoint_3")
+    assert parse(["--data", "x", "--mean", "0.5", "0.5", "0.5"]).mean == [0.5, 0.5, 0.5]
+    vit = parse(["--data", "x", "--arch", "vit_b16"])
+    assert (vit.optimizer, vit.schedule, vit.weight_decay, vit.base_lr) == ("adamw", "cosine", 0.05, 5e-4)
+    config = tmp_path / "run.yaml"
+    config.write_text("no-permute: true\nmodel_args: {in_chans: 1}\nscale: [0.3, 1.0]\nresume: latest\n")
+    y = parse(["--config", str(config), "--data", "x", "--scale", "0.5", "1.0"])
+    assert (y.permute, y.model_args, y.scale, y.resume, y.mean) == (False, {"in_chans": 1}, (0.5, 1.0), "latest", [0.5])
+    for bad in (["--scale", "0.5"], ["--model-args", "{oops"], ["--scope", "layer"], ["--batch-size", "0"]):
+        with pytest.raises(SystemExit):
+            parse(["--data", "x", *bad])
+    with pytest.raises(SystemExit):
+        parse([])  # --data is required
+
+
 def test_unknown_yaml_key_is_refused(train_recipe, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("arch: resnet18\nlearning_rate: 0.1\n")
@@ -321,7 +401,7 @@ def test_every_flag_in_the_readme_commands_exists(train_recipe, capsys):
 
     from rpg_hf.train import demo
 
-    with pytest.raises(SystemExit):  # --help must work without importing torch-heavy modules first
+    with pytest.raises(SystemExit):  # --help prints and exits
         train_recipe.parse_args(["--help"])
     help_text = capsys.readouterr().out
     eval_recipe = _load_recipe("eval_objectnet")
@@ -329,7 +409,7 @@ def test_every_flag_in_the_readme_commands_exists(train_recipe, capsys):
         eval_recipe.parse_args(["--help"])
     eval_help = capsys.readouterr().out
     known = {
-        "recipes/train.py": {f for f in _flags(train_recipe.build_parser()) if f in help_text},
+        "recipes/train.py": set(re.findall(r"--[a-z][a-z0-9_-]*", help_text)),
         "recipes/eval_objectnet.py": set(re.findall(r"--[a-z][a-z0-9-]*", eval_help)),
         "accelerate": _flags(launch_command_parser()),
         "demo": _flags(demo.build_parser()),

@@ -20,7 +20,7 @@ from rpg_hf.reparam.targets import GeneratedLayer, group_key
 
 # SHA-256 of every generated float32 weight (little endian, recorded order) of timm's
 # `test_resnet` (10 classes) at dof=5000, seed=0, with the ring set to the integer pattern below.
-# Derived, not just recorded: test_golden_sha256_is_the_specs recomputes it from tests/spec_v1.py.
+# Derived, not just recorded: test_golden_sha256_is_the_specs recomputes it from tests/core/spec_v1.py.
 GOLDEN_TEST_RESNET_SHA256 = "ac13715f2322dbed224369724820448c09fb6f8b70ab950ee2195f0dcf9e5052"
 
 

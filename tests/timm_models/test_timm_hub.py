@@ -6,16 +6,13 @@ from a cache laid out exactly as a download leaves it (``HF_HUB_OFFLINE=1``).
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 import timm
 import torch
+from conftest import break_checkpoint, lay_out_hub_cache
 from huggingface_hub import constants
-from safetensors.torch import load_file, save_file
 from timm.data import resolve_data_config
 from timm.models import PretrainedCfg, adapt_input_conv
 from transformers import AutoModelForImageClassification, ViTConfig
@@ -48,20 +45,6 @@ def saved(tmp_path_factory):
     return path, loaded, logits
 
 
-def _lay_out_hub_cache(cache: Path, repo_id: str, folder: Path) -> str:
-    """Write ``folder`` into ``cache`` as huggingface_hub lays out a downloaded snapshot."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    revision = hashlib.sha1(repo_id.encode()).hexdigest()
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(revision)
-    (repo / "blobs").mkdir()
-    snapshot = repo / "snapshots" / revision
-    snapshot.mkdir(parents=True)
-    for file in folder.iterdir():
-        blob = hashlib.sha256(file.read_bytes()).hexdigest()
-        shutil.copy(file, repo / "blobs" / blob)
-        (snapshot / file.name).symlink_to(Path("..") / ".." / "blobs" / blob)
-    return revision
 
 
 def test_config_json_speaks_timm_and_transformers(saved):
@@ -88,7 +71,7 @@ def test_local_dir_equals_transformers_load(saved):
 
 def test_offline_hf_hub_equals_transformers_load(saved, tmp_path, monkeypatch):
     path, _, logits = saved
-    revision = _lay_out_hub_cache(tmp_path / "hub", "org/test-resnet-rpg", path)
+    revision = lay_out_hub_cache(tmp_path / "hub", "org/test-resnet-rpg", path)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     assert constants.HF_HUB_OFFLINE
     for name in ("hf-hub:org/test-resnet-rpg", f"hf-hub:org/test-resnet-rpg@{revision}"):
@@ -159,35 +142,17 @@ def test_rpg_dot_architecture_is_any_timm_backbone():
 # ------------------------------------------------------------------ the same errors as from_pretrained
 
 
-def _broken(path: Path, tmp_path: Path, how: str) -> Path:
-    dst = tmp_path / how
-    shutil.copytree(path, dst)
-    cfg = json.loads((dst / "config.json").read_text())
-    tensors = load_file(dst / "model.safetensors")
-    if how == "dof":
-        cfg.update(dof=3000, ring_sizes=[3000])
-    elif how == "version":
-        cfg["generator_version"] = 99
-    elif how == "missing":
-        tensors.pop("backbone.rpg.rings.0")
-    elif how == "nan":
-        tensors["backbone.rpg.rings.0"][11] = float("inf")
-    elif how == "free":
-        tensors.pop("backbone.fc.weight")
-    (dst / "config.json").write_text(json.dumps(cfg))
-    save_file(tensors, dst / "model.safetensors", metadata={"format": "pt"})
-    return dst
 
 
 @pytest.mark.parametrize("how,error,match", [
     ("dof", CheckpointError, "has 2000 entries, but the config says dof=3000"),
     ("version", ValueError, "unknown RPG generator_version 99"),
     ("missing", CheckpointError, "has no ring tensor 'backbone.rpg.rings.0'"),
-    ("nan", CheckpointError, "holds 1 NaN/Inf value"),
+    ("inf", CheckpointError, "holds 1 NaN/Inf value"),
     ("free", CheckpointError, r"architecture mismatch.*fc\.weight"),
 ])
 def test_bad_checkpoints_fail_as_in_from_pretrained(saved, tmp_path, how, error, match):
-    bad = _broken(saved[0], tmp_path, how)
+    bad = break_checkpoint(saved[0], tmp_path, how)
     with pytest.raises(error, match=match) as via_timm:
         timm.create_model(f"local-dir:{bad}", pretrained=True)
     with pytest.raises(error, match=match) as via_transformers:
@@ -211,3 +176,19 @@ def test_vit_checkpoint_and_missing_weights_through_timm(tmp_path):
 def test_dof_kwarg_cannot_change_a_checkpoint(saved):
     with pytest.raises(ValueError, match="dof=2000 is fixed by the checkpoint"):
         timm.create_model(f"local-dir:{saved[0]}", pretrained=True, dof=5000)
+
+
+def test_every_spec_kwarg_is_checked_against_the_checkpoint(saved, tmp_path):
+    path = saved[0]
+    # the checkpoint's own values (a list for the tuple, None for the default) are accepted
+    model = timm.create_model(f"local-dir:{path}", pretrained=True, seed=1, scope="global", include=None,
+                              target_types=["Conv1d", "Conv2d", "Conv3d", "Linear"], exclude_head=True)
+    assert rpg_hf.get_generator(model).spec.seed == 1
+    for key, value in [("exclude_head", False), ("include", ["layer1"]), ("permute", False), ("linear_std", 0.1)]:
+        with pytest.raises(ValueError, match=f"{key}=.* is fixed by the checkpoint"):
+            timm.create_model(f"local-dir:{path}", pretrained=True, **{key: value})
+    # so does the rpg_<arch> entrypoint's pretrained=True (it used to drop them silently)
+    rpg_hf.RPGForImageClassification(_cfg("resnet18", dof=3000)).save_pretrained(tmp_path / "r18")
+    with pytest.raises(ValueError, match="dof=3000 is fixed by the checkpoint"):
+        timm.create_model("rpg_resnet18", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "r18")),
+                          dof=5000)

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from rpg_hf.hf.remote_code import REMOTE_CODE_FILES
 from rpg_hf.train import demo
 from rpg_hf.train.data import write_idx
 from rpg_hf.train.models import match_vanilla_width
@@ -68,8 +69,8 @@ def test_demo_trains_both_arms_saves_ring_only_and_reloads(idx_dir, tmp_path, ca
 
     assert rpg["identical_after_reload"] and rpg["reloaded_top1"] == rpg["top1"]
     assert rpg["dof"] == 3000 and rpg["compression"] > 10
-    assert sorted(os.listdir(rpg["path"])) == ["README.md", "config.json", "configuration_rpg.py", "model.safetensors",
-                                               "modeling_rpg.py", "preprocessor_config.json"]
+    assert sorted(os.listdir(rpg["path"])) == sorted(["README.md", "config.json", "model.safetensors",
+                                                      "preprocessor_config.json", *REMOTE_CODE_FILES])
     # the ring-only file holds the ring and the free tensors: far smaller than the plain model
     assert rpg["checkpoint_bytes"] < 4 * rpg["original_params"] / 5
 

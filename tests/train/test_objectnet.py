@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
-from rpg_hf.train.metrics import TopKAccuracy, topk_correct  # noqa: E402
+from rpg_hf.train.evaluate import TopKAccuracy  # noqa: E402
 from rpg_hf.train.objectnet import (  # noqa: E402
     ObjectNetDataset,
     evaluate_imagenet_subset,
@@ -152,38 +152,56 @@ class LookupModel(torch.nn.Module):
 # --------------------------------------------------------------------------- metrics
 
 
-def test_topk_correct_hand_example() -> None:
+def test_topk_accuracy_hand_example() -> None:
     logits = torch.tensor([
         [0.1, 0.9, 0.3, 0.2, 0.0, 0.5, 0.4],  # order: 1,5,6,2,3,0,4
         [0.7, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6],  # order: 0,6,5,4,3,2,1
         [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6],  # order: 6,5,4,3,2,1,0
     ])
-    labels = torch.tensor([1, 3, 0])
-    assert topk_correct(logits, labels, (1, 2, 5)) == {1: 1, 2: 1, 5: 2}
+    m = TopKAccuracy((1, 2, 5))
+    m.update(logits, torch.tensor([1, 3, 0]))
+    assert m.counts() == {"top1_correct": 1, "top2_correct": 1, "top5_correct": 2, "total": 3}
+    assert m.compute() == pytest.approx({"top1": 100 / 3, "top2": 100 / 3, "top5": 200 / 3})
 
 
 def test_topk_accuracy_accumulates_clamps_and_ignores_negative() -> None:
     m = TopKAccuracy((1, 5))
     assert all(math.isnan(v) for v in m.compute().values())
+    assert m.counts() == {"top1_correct": 0, "top5_correct": 0, "total": 0}
     logits = torch.tensor([[3.0, 2.0, 1.0], [3.0, 2.0, 1.0], [1.0, 2.0, 3.0]])
     m.update(logits, torch.tensor([0, 2, -1]))  # top-5 over 3 classes: k clamped, every sample hits
     m.update(logits[:1], torch.tensor([1]))
-    assert m.counts() == {"top1_correct": 1, "top5_correct": 3, "total": 3}
+    m.update(logits[:2], torch.tensor([-1, -7]))  # any negative label is skipped
+    m.update(logits[:0], torch.tensor([], dtype=torch.long))  # an empty batch counts nothing
+    counts = m.counts()
+    assert counts == {"top1_correct": 1, "top5_correct": 3, "total": 3}
+    assert all(type(v) is int for v in counts.values())
     assert m.compute() == pytest.approx({"top1": 100 / 3, "top5": 100.0})
-    assert m.correct.dtype == torch.int64 and m.total.dtype == torch.int64
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="label 3 out of range"):
         m.update(logits, torch.tensor([0, 3, 1]))
+    with pytest.raises(TypeError, match="integer"):
+        m.update(logits, torch.tensor([0.0, 1.0, 2.0]))
+    with pytest.raises(ValueError, match="after batches over 3"):
+        m.update(torch.zeros(1, 4), torch.tensor([0]))
+    with pytest.raises(ValueError, match="rows of logits"):
+        m.update(logits, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        TopKAccuracy().update(torch.zeros(2, 1), torch.tensor([0, 0]))
 
 
-def test_topk_accuracy_reduce_sums_processes() -> None:
-    ranked = torch.arange(6.0).flip(0)  # class order 0, 1, ..., 5
-    a, b = TopKAccuracy(), TopKAccuracy()
-    a.update(ranked.expand(2, 6), torch.tensor([0, 5]))
-    b.update(ranked.expand(3, 6), torch.tensor([2, 3, 4]))
-    other = torch.cat([b.correct, b.total.reshape(1)])
-    a.reduce_(lambda t: t + other)  # what accelerator.reduce(..., "sum") does across 2 processes
-    assert a.counts() == {"top1_correct": 1, "top5_correct": 4, "total": 5}
-    assert a.compute()["top1"] == pytest.approx(20.0)
+def test_topk_accuracy_equals_topk_counting() -> None:
+    """Exact integer counts, equal to counting hits among ``torch.topk`` over all batches."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(200, 12, generator=g)
+    labels = torch.randint(-1, 12, (200,), generator=g)
+    m = TopKAccuracy((1, 3, 5, 20))
+    for lo in range(0, 200, 17):
+        m.update(logits[lo:lo + 17], labels[lo:lo + 17])
+    valid = labels >= 0
+    want = {f"top{k}_correct": int((logits[valid].topk(min(k, 12), dim=1).indices == labels[valid, None]).any(1).sum())
+            for k in (1, 3, 5, 20)}
+    assert m.counts() == {**want, "total": int(valid.sum())}
+    assert m.counts()["top20_correct"] == int(valid.sum())  # k above the number of classes: every sample
 
 
 # --------------------------------------------------------------------------- mappings

@@ -29,13 +29,16 @@ survive any state-dict plumbing.  :func:`quantize_state_dict` / :func:`dequantiz
 apply this to every ring of a state dict; a loader recognises a quantized ring by the presence of
 ``<prefix>.block_size`` next to an int8 ``<prefix>``.
 
+The codec itself — quantizing, dequantizing, reading the three entries — is written once, in
+:mod:`rpg_hf.hf.remote_code.rpg_checkpoint`, the file every checkpoint carries so that a load without
+rpg_hf dequantizes with the same code; this module wraps it in the package's API.
+
 :func:`evaluate_accuracy` and :func:`compare_before_after` report the accuracy cost of such an
 edit (int8 rings here, ring/channel pruning in :mod:`rpg_hf.compress.pruning`).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +46,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from rpg_hf.hf.remote_code import rpg_checkpoint as codec
+from rpg_hf.hf.remote_code.rpg_checkpoint import (  # the codec's constants and state-dict reader, re-exported
+    BLOCK_SIZE_SUFFIX,
+    QMAX,  # noqa: F401
+    SCALE_SUFFIX,
+    dequantize_state_dict,
+)
 from rpg_hf.reparam import get_generator
 from rpg_hf.reparam.model import is_ring_key
 
@@ -60,9 +70,6 @@ __all__ = [
 ]
 
 QUANT_SCHEME = "symmetric-int8-v1"  # name of the scheme above; record it in a checkpoint's config
-QMAX = 127
-SCALE_SUFFIX = ".scale"
-BLOCK_SIZE_SUFFIX = ".block_size"
 
 
 # --------------------------------------------------------------------------- quantized ring
@@ -85,7 +92,7 @@ class QuantizedRing:
                              f"{tuple(self.scales.shape)}")
         if self.block_size is not None and self.block_size <= 0:
             raise ValueError(f"block_size must be positive or None, got {self.block_size}")
-        if self.scales.numel() != _num_blocks(self.values.numel(), self.block_size):
+        if self.scales.numel() != codec.num_blocks(self.values.numel(), self.block_size):
             raise ValueError(
                 f"{self.scales.numel()} scales do not fit {self.values.numel()} entries in blocks of "
                 f"{self.block_size}"
@@ -109,7 +116,7 @@ class QuantizedRing:
 
     def max_error(self) -> torch.Tensor:
         """Per-entry bound on |x - dequantize(quantize(x))|: half the entry's block scale."""
-        return _expand_scales(self.scales, self.numel, self.block_size) / 2
+        return codec.expand_scales(self.scales, self.numel, self.block_size) / 2
 
     def to(self, device: torch.device | str) -> QuantizedRing:
         return QuantizedRing(self.values.to(device), self.scales.to(device), self.block_size)
@@ -125,48 +132,12 @@ class QuantizedRing:
     @classmethod
     def from_tensors(cls, tensors: Mapping[str, torch.Tensor], prefix: str) -> QuantizedRing:
         """Inverse of :meth:`to_tensors`; raises KeyError naming the missing entry."""
-        for key in (prefix, prefix + SCALE_SUFFIX, prefix + BLOCK_SIZE_SUFFIX):
-            if key not in tensors:
-                raise KeyError(f"quantized ring entry {key!r} missing from the checkpoint")
-        block = int(tensors[prefix + BLOCK_SIZE_SUFFIX].reshape(-1)[0])
-        return cls(
-            tensors[prefix].reshape(-1),
-            tensors[prefix + SCALE_SUFFIX].reshape(-1),
-            None if block == 0 else block,
-        )
-
-
-def _num_blocks(n: int, block_size: int | None) -> int:
-    return 1 if block_size is None else max(1, math.ceil(n / block_size))
-
-
-def _expand_scales(scales: torch.Tensor, n: int, block_size: int | None) -> torch.Tensor:
-    if block_size is None:
-        return scales.expand(n)
-    return scales.repeat_interleave(block_size)[:n]
+        return cls(*codec.int8_entries(tensors, prefix))
 
 
 def quantize_ring(ring: torch.Tensor, *, block_size: int | None = None) -> QuantizedRing:
     """Symmetric int8 quantization of a (flattened) ring; per-ring or per-block float32 scales."""
-    if block_size is not None and (isinstance(block_size, bool) or int(block_size) <= 0):
-        raise ValueError(f"block_size must be a positive int or None, got {block_size!r}")
-    # on the CPU: the int8 file is then the same whichever device trained the ring
-    x = ring.detach().reshape(-1).to(device="cpu", dtype=torch.float32)
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("cannot quantize a ring holding NaN or inf")
-    n = x.numel()
-    block_size = None if block_size is None else int(block_size)
-    nb = _num_blocks(n, block_size)
-    if block_size is None:
-        amax = x.abs().max().reshape(1) if n else torch.zeros(1)
-    else:
-        padded = torch.zeros(nb * block_size, dtype=torch.float32)
-        padded[:n] = x.abs()
-        amax = padded.view(nb, block_size).amax(dim=1)
-    scales = amax / QMAX
-    safe = torch.where(scales > 0, scales, torch.ones_like(scales))
-    q = torch.round(x / _expand_scales(safe, n, block_size)).clamp_(-QMAX, QMAX).to(torch.int8)
-    return QuantizedRing(q, scales, block_size)
+    return QuantizedRing.from_tensors(codec.quantize_ring(ring, block_size), "")
 
 
 def dequantize_ring(q: QuantizedRing) -> torch.Tensor:
@@ -175,7 +146,7 @@ def dequantize_ring(q: QuantizedRing) -> torch.Tensor:
     Runs on the device the QuantizedRing's tensors are on (``q.to(device)`` first to dequantize
     on a GPU); the result is the same bit pattern on any device.
     """
-    return q.values.to(torch.float32) * _expand_scales(q.scales, q.numel, q.block_size)
+    return codec.dequantize(q.values, q.scales, q.block_size)
 
 
 def quantize_model_rings(model: nn.Module, block_size: int | None = None) -> list[QuantizedRing]:
@@ -222,23 +193,6 @@ def quantize_state_dict(
 
 def is_quantized_state_dict(tensors: Mapping[str, torch.Tensor]) -> bool:
     return any(k.endswith(BLOCK_SIZE_SUFFIX) and k[: -len(BLOCK_SIZE_SUFFIX)] in tensors for k in tensors)
-
-
-def dequantize_state_dict(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Inverse of :func:`quantize_state_dict`: every int8 triple becomes a float32 ring entry."""
-    prefixes = {
-        k[: -len(BLOCK_SIZE_SUFFIX)]
-        for k in tensors
-        if k.endswith(BLOCK_SIZE_SUFFIX) and tensors.get(k[: -len(BLOCK_SIZE_SUFFIX)]) is not None
-        and tensors[k[: -len(BLOCK_SIZE_SUFFIX)]].dtype == torch.int8
-    }
-    skip = {p + s for p in prefixes for s in (SCALE_SUFFIX, BLOCK_SIZE_SUFFIX)}
-    out: dict[str, torch.Tensor] = {}
-    for key, value in tensors.items():
-        if key in skip:
-            continue
-        out[key] = dequantize_ring(QuantizedRing.from_tensors(tensors, key)) if key in prefixes else value
-    return out
 
 
 # --------------------------------------------------------------------------- accuracy

@@ -23,6 +23,10 @@ Specification of ``GENERATOR_VERSION = 1`` (a kernel re-implementing it must mat
 
 The round functions depend on one half only, so an implementation may tabulate them
 (``a + b`` values per round, about ``2 sqrt(n)``) and gather; this module does.
+
+Every ring-only checkpoint carries this file verbatim as ``construction.py``, for its
+``trust_remote_code`` loader (see :mod:`rpg_hf.hf.remote_code`): so it imports torch and the standard
+library only.
 """
 
 from __future__ import annotations

@@ -13,6 +13,10 @@ Backward never scatters: because π_l is a bijection of the window, the window's
 *gather* of the weight gradient through π_l⁻¹, and folding the window onto the ring is a sum of
 contiguous slices.  Nothing but the ring is kept between steps; index tensors live for one
 chunk of one layer.
+
+Every ring-only checkpoint carries this file verbatim as ``reference.py`` (beside ``construction.py``),
+and its ``trust_remote_code`` model generates its weights with it (see :mod:`rpg_hf.hf.remote_code`):
+so it imports torch, the standard library and ``.construction`` (relatively) only.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rpg_hf.core.construction import LayerKeys, Permutation, negative_signs
+from .construction import LayerKeys, Permutation, negative_signs  # relative: see the module docstring
 
 CHUNK = 1 << 20  # elements per index temporary: bounds the int64 scratch to a few MiB
 

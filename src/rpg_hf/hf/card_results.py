@@ -99,7 +99,7 @@ def _record_entries(record: Mapping[str, Any], unit: str | None, where: str) -> 
     split = str(record.get("split") or "test")
     config = record.get("config")
     if config is None and dataset_type == "objectnet" and record.get("classes"):
-        config = f"imagenet-overlap-{record['classes']}"  # as recipes/eval_objectnet.py writes it
+        config = f"imagenet-overlap-{record['classes']}"  # the ObjectNet evaluation's ``classes``: 113
     task_type = str(record.get("task_type") or "image-classification")
     unit = (unit or record.get("unit") or "percent").lower()
     if unit not in ("percent", "fraction"):

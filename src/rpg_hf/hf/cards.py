@@ -1,4 +1,4 @@
-"""Model cards of ring-only RPG checkpoints, rendered from the template ``model_cards/template.md``.
+"""Model cards of ring-only RPG checkpoints, rendered from the card template (:func:`template_path`).
 
 A ring-only checkpoint is unusual — it holds a ring of DoF numbers and a seed instead of weights —
 so its card has to say what is stored, how to load it and what it compresses, and carry
@@ -102,8 +102,8 @@ class CardInfo:
     license: str = "apache-2.0"
     base_model: str | None = None
     tags: list[str] = field(default_factory=list)  # extra tags
-    recipe: str | None = None  # e.g. "recipes/train.py"
-    recipe_config: str | None = None  # e.g. "recipes/configs/resnet34_45k.yaml"
+    recipe: str | None = None  # the script or command that trained the model
+    recipe_config: str | None = None  # its config file, as a path relative to the repository
     recipe_command: str | None = None
     training_notes: list[str] = field(default_factory=list)
     comparison: list[dict[str, Any]] = field(default_factory=list)  # {name, trainable, top1, top1_std, checkpoint_bytes}
@@ -127,8 +127,9 @@ class CardInfo:
 
     @classmethod
     def from_model(cls, model: nn.Module, **overrides: Any) -> CardInfo:
-        """Read an :class:`~rpg_hf.RPGPreTrainedModel`, or a timm / transformers model re-parameterized
-        by :func:`rpg_hf.reparameterize`; ``overrides`` (any other field) win."""
+        """Read an :class:`~rpg_hf.RPGPreTrainedModel`, or a transformers model / a model built by
+        ``timm.create_model`` re-parameterized by :func:`rpg_hf.reparameterize` (a plain model has
+        no ring to describe: ValueError); ``overrides`` (any other field) win."""
         from transformers import PreTrainedModel
 
         from rpg_hf.hf import checkpoint
@@ -143,18 +144,17 @@ class CardInfo:
             owner, config = model.backbone, model.config
             architecture, backbone, num_labels = config.architecture, config.backbone, config.num_labels
             ring_dtype, state = config.ring_dtype, checkpoint.ring_only_state_dict(model)
-            model_id = _hub_id(config._name_or_path)
         elif isinstance(model, PreTrainedModel):  # a transformers model re-parameterized in place
             owner, ring_dtype, state = model, "float32", model.state_dict()
             architecture = backbone = model.config.model_type
-            num_labels, model_id = model.config.num_labels, _hub_id(model.config._name_or_path)
-        elif isinstance(getattr(model, "pretrained_cfg", None), Mapping):  # a timm model
-            owner, ring_dtype, state, backbone, model_id = model, "float32", model.state_dict(), "timm", None
-            architecture = model.pretrained_cfg.get("architecture") or type(model).__name__.lower()
-            num_labels = getattr(model, "num_classes", None)
+            num_labels = model.config.num_labels
+        elif (architecture := _timm_architecture(model)) is not None:  # a timm model re-parameterized in place
+            owner, ring_dtype, state, backbone = model, "float32", model.state_dict(), "timm"
+            num_labels = model.num_classes
         else:
             raise TypeError(f"model cards describe RPG models over timm or transformers backbones, "
                             f"not {type(model).__name__}")
+        model_id = _model_hub_id(model)
         gen = get_generator(owner)
         table = dof_table(owner)
         spec = gen.spec
@@ -194,9 +194,23 @@ def _ring_sparsity(gen: nn.Module) -> float | None:
     return zeros / total if total and zeros else None
 
 
-def _hub_id(name: Any) -> str | None:
-    """``config._name_or_path`` when it names a model: a Hub id as is, a local folder by its name."""
-    if not isinstance(name, str) or not name.strip():
+def _timm_architecture(model: nn.Module) -> str | None:
+    """The registered timm architecture ``timm.create_model`` built ``model`` from (it records it
+    in ``model.pretrained_cfg``); None for a model timm did not build."""
+    import timm
+
+    pretrained_cfg = getattr(model, "pretrained_cfg", None)
+    name = pretrained_cfg.get("architecture") if isinstance(pretrained_cfg, Mapping) else None
+    return name if name and timm.is_model(name) else None
+
+
+def _model_hub_id(model: nn.Module) -> str | None:
+    """A transformers model's ``config._name_or_path`` when it names a model: a Hub id as is, a
+    local folder by its name; None for a fresh model and for timm models (they record none)."""
+    from transformers import PreTrainedModel
+
+    name = model.config._name_or_path if isinstance(model, PreTrainedModel) else ""
+    if not name.strip():
         return None
     path = Path(name)
     if path.exists() or path.is_absolute() or name.startswith("."):
@@ -277,11 +291,11 @@ def update_card_results(
         card = ModelCard.load(path)  # an existing local path: never a Hub lookup
     new = [r.to_eval_result() if isinstance(r, EvalEntry) else r for r in results]
     data = card.data
-    merged = merge_results(getattr(data, "eval_results", None) or [], new)
-    if not getattr(data, "model_name", None):
+    merged = merge_results(data.eval_results or [], new)
+    if not data.model_name:
         data.model_name = model_name or (path.resolve().parent.name if path is not None else "model")
     data.eval_results = merged
-    data.metrics = sorted(set(getattr(data, "metrics", None) or []) | {r.metric_type for r in merged}) or None
+    data.metrics = sorted(set(data.metrics or []) | {r.metric_type for r in merged}) or None
     start, end = card.text.find(RESULTS_START), card.text.find(RESULTS_END)
     if 0 <= start < end:
         section = results_section([EvalEntry.from_eval_result(r) for r in merged])
@@ -320,8 +334,7 @@ def write_model_card(
         info = replace(model_or_info, **overrides) if overrides else model_or_info
     else:
         if "model_id" not in overrides:
-            overrides["model_id"] = _hub_id(getattr(getattr(model_or_info, "config", None), "_name_or_path", None)) \
-                or target.resolve().parent.name
+            overrides["model_id"] = _model_hub_id(model_or_info) or target.resolve().parent.name
         info = CardInfo.from_model(model_or_info, **overrides)
     entries = to_entries(results)
     if keep_existing_results and target.is_file():

@@ -6,9 +6,10 @@ disagrees with the config, a missing ring, NaN/Inf entries, a truncated or non-s
 — into one clear error instead of a shape-mismatch traceback or silently random weights.
 Nothing here ever unpickles.
 
-The readers live in :mod:`rpg_hf.hf.remote_code.modeling_rpg`, the file every checkpoint carries for
-``trust_remote_code=True``: a load with rpg_hf, without it, and through timm (``hf-hub:`` /
-``local-dir:``) validates with the same code and fails with the same messages.
+The readers (and the int8 codec) live in :mod:`rpg_hf.hf.remote_code.rpg_checkpoint`, one of the
+files every checkpoint carries for ``trust_remote_code=True``: a load with rpg_hf, without it, and
+through timm (``hf-hub:`` / ``local-dir:``) validates with the same code and fails with the same
+messages.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from collections.abc import Mapping
 
 import torch
 
-from rpg_hf.hf.remote_code.modeling_rpg import (
+from rpg_hf.hf.remote_code import rpg_checkpoint
+from rpg_hf.hf.remote_code.rpg_checkpoint import (
     HUB_KWARGS,
     RING_PREFIX,
     WEIGHTS_NAME,
@@ -49,12 +51,4 @@ def ring_only_state_dict(model, state: Mapping[str, torch.Tensor] | None = None)
     ``state`` is a state dict to convert (e.g. the one ``Trainer`` hands to ``save_pretrained``);
     default ``model.state_dict()``.  Rings already stored as int8 triples are left as they are.
     """
-    state = dict(model.state_dict() if state is None else state)
-    if model.config.ring_dtype == "int8":
-        from rpg_hf.compress.quantization import quantize_state_dict
-
-        keys = [ring_key(i) for i in range(len(model.config.ring_sizes))]
-        keys = [k for k in keys if k in state and state[k].dtype != torch.int8]
-        if keys:
-            state = quantize_state_dict(state, block_size=model.config.ring_block_size, ring_keys=keys)
-    return state
+    return rpg_checkpoint.ring_only_state_dict(model.state_dict() if state is None else state, model.config)

@@ -4,19 +4,20 @@ A ring-only checkpoint is ``config.json`` + ``model.safetensors`` holding the ri
 tensors.  The config carries the backbone (a timm architecture with its ``model_args``, or a full
 ``ViTConfig``), the seed, the DoF, the generator version and — once a model was built — the
 recorded generated-layer order and ring sizes, so that loading never re-derives the selection
-from module names (HF ViT's names changed between transformers v4 and v5, DESIGN.md §4).
+from module names (HF ViT's names changed between transformers v4 and v5).
 
 The fields and their JSON form are defined once, in :mod:`rpg_hf.hf.remote_code.configuration_rpg`
-(the file every checkpoint carries for ``trust_remote_code=True``); this class adds the package's
-`RPGSpec` validation on top, so the package and the remote code cannot disagree on the format.
+(the file every checkpoint carries for ``trust_remote_code=True``, so it has to repeat the names and
+defaults of the `RPGSpec` fields; the tests fail if the two ever disagree).  This class
+adds the package's `RPGSpec` validation on top: :attr:`RPGConfig.spec` is built from whichever
+`RPGSpec` fields the config holds, ``None`` (e.g. ``target_types``) meaning the spec's default.
 """
 
 from __future__ import annotations
 
-from rpg_hf.core.construction import check_generator_version
 from rpg_hf.hf.remote_code.configuration_rpg import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, TIMM_PREFIX
 from rpg_hf.hf.remote_code.configuration_rpg import RPGConfig as _RPGConfigFields
-from rpg_hf.spec import DEFAULT_TARGET_TYPES, RPGSpec
+from rpg_hf.spec import RPGSpec, spec_kwargs
 
 
 class RPGConfig(_RPGConfigFields):
@@ -24,18 +25,12 @@ class RPGConfig(_RPGConfigFields):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        check_generator_version(self.generator_version)
         self.spec  # validates dof, seed, regexes ...  # noqa: B018
 
     @property
     def spec(self) -> RPGSpec:
-        """The `RPGSpec` these fields describe."""
-        return RPGSpec(
-            dof=self.dof, seed=self.seed, target_types=tuple(self.target_types or DEFAULT_TARGET_TYPES),
-            include=tuple(self.include or ()), exclude=tuple(self.exclude or ()), exclude_stem=self.exclude_stem,
-            exclude_head=self.exclude_head, scope=self.scope, permute=self.permute, sign_flip=self.sign_flip,
-            reference_fan=self.reference_fan, linear_std=self.linear_std, generator_version=self.generator_version,
-        )
+        """The `RPGSpec` these fields describe (a field left ``None`` takes the spec's default)."""
+        return RPGSpec(**spec_kwargs(self))
 
 
 __all__ = ["BACKBONES", "IMAGENET_MEAN", "IMAGENET_STD", "TIMM_PREFIX", "RPGConfig"]

@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-UPLOADED = ("config.json", "model.safetensors", "preprocessor_config.json", "README.md",
-            "configuration_rpg.py", "modeling_rpg.py")  # the last two: trust_remote_code loading
+from rpg_hf.hf.remote_code import REMOTE_CODE_FILES
+
+# the checkpoint, its preprocessing and card, and every file trust_remote_code loading needs
+UPLOADED = ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", *REMOTE_CODE_FILES)
 
 
 def upload_folder(

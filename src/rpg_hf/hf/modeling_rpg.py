@@ -6,6 +6,12 @@ The backbone is a real timm model or a real `ViTForImageClassification`, re-para
 to refuse a wrong DoF, a missing or non-finite ring, a truncated or non-safetensors file with an
 error that names the problem, and to dequantize an int8 ring — then hands the tensors to
 transformers' own loader (meta-device construction, ``dtype=``, ``device_map=``).
+
+Saving, loading and the forward pass are those of the ``trust_remote_code`` classes every checkpoint
+carries (:mod:`rpg_hf.hf.remote_code.modeling_rpg`), which these classes subclass: a folder behaves
+the same with rpg_hf and without it.  What rpg_hf adds is the re-parameterization itself (the
+package's `RPGGenerator`, with its fast kernels, instead of the plain-PyTorch ring module), model
+cards and `push_to_hub`.
 """
 
 from __future__ import annotations
@@ -15,34 +21,21 @@ import os
 import tempfile
 from pathlib import Path
 
-import torch
 from torch import nn
 from transformers import PreTrainedModel
-from transformers.modeling_outputs import ImageClassifierOutput
 
-from rpg_hf.hf import checkpoint
 from rpg_hf.hf.configuration_rpg import RPGConfig
-from rpg_hf.hf.remote_code.modeling_rpg import (
-    AUTO_MAP,
-    BLOCK_SIZE_SUFFIX,
-    build_backbone,
-    dequantize_state_dict,
-    image_processor_for,
-    write_remote_code,
-)
+from rpg_hf.hf.remote_code import modeling_rpg as remote
+from rpg_hf.hf.remote_code.rpg_backbone import build_backbone
 from rpg_hf.reparam import GeneratedLayer, RPGGenerator, expand, get_generator, reparameterize
 
 
-class RPGPreTrainedModel(PreTrainedModel):
+class RPGPreTrainedModel(remote.RPGPreTrainedModel):
     """Ring handling for `PreTrainedModel`: seeded init, ring-only save, validated load, `expand()`."""
 
     config: RPGConfig
     config_class = RPGConfig
-    base_model_prefix = "backbone"
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
     _no_split_modules = ["RPGGenerator"]
-    model_tags = ["rpg_hf", "rpg"]
 
     # ------------------------------------------------------------------ init
     def _build(self, config: RPGConfig) -> None:
@@ -69,15 +62,7 @@ class RPGPreTrainedModel(PreTrainedModel):
         if isinstance(module, RPGGenerator):
             module.reset_rings()
 
-    def post_init(self):
-        super().post_init()
-        self.generator.invalidate_cache()  # backbone inits may have written into cached weights
-
     # ------------------------------------------------------------------ API
-    def num_dof(self) -> int:
-        """Degrees of freedom: the number of ring entries."""
-        return self.config.dof
-
     def expand(self) -> nn.Module:
         """A plain timm model / `ViTForImageClassification` whose outputs equal this model's."""
         plain = expand(self.backbone)
@@ -85,53 +70,19 @@ class RPGPreTrainedModel(PreTrainedModel):
             plain.config.id2label, plain.config.label2id = dict(self.config.id2label), dict(self.config.label2id)
         return plain
 
-    def image_processor(self):
-        """The image processor matching the backbone's preprocessing (saved beside the model)."""
-        return image_processor_for(self.config)
-
-    # ------------------------------------------------------------------ save / load
+    # ------------------------------------------------------------------ save / upload
     def save_pretrained(self, save_directory, *args, model_card: bool = True, **kwargs):
         """Write config, the ring-only safetensors, the image processor, the remote code and a model card.
 
-        ``configuration_rpg.py`` / ``modeling_rpg.py`` (from :mod:`rpg_hf.hf.remote_code`) and the
-        ``auto_map`` in config.json let ``trust_remote_code=True`` load the folder without rpg_hf.
+        The files of :mod:`rpg_hf.hf.remote_code` and the ``auto_map`` in config.json let
+        ``trust_remote_code=True`` load the folder without rpg_hf.
         A ``state_dict`` passed in (``Trainer`` does) is converted to the ring-only form too.
         """
-        kwargs["state_dict"] = checkpoint.ring_only_state_dict(self, kwargs.get("state_dict"))
-        self.config.auto_map = dict(AUTO_MAP)
         super().save_pretrained(save_directory, *args, **kwargs)
-        if kwargs.get("is_main_process", True):
-            write_remote_code(save_directory)
-            self.image_processor().save_pretrained(save_directory)
-            if model_card:
-                from rpg_hf.hf.cards import write_model_card
+        if model_card and kwargs.get("is_main_process", True):
+            from rpg_hf.hf.cards import write_model_card
 
-                write_model_card(self, save_directory)
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """`nn.Module.load_state_dict` that also takes int8 rings (``Trainer`` resuming an int8 checkpoint)."""
-        if any(k.endswith(BLOCK_SIZE_SUFFIX) for k in state_dict):
-            state_dict = dequantize_state_dict(dict(state_dict))
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):
-        """Load a ring-only checkpoint (directory or Hub id) and expand it; safetensors only."""
-        if kwargs.pop("use_safetensors", True) is False:
-            raise ValueError("rpg_hf checkpoints are safetensors only; use_safetensors=False is not supported")
-        output_loading_info = kwargs.pop("output_loading_info", False)
-        hub = {k: kwargs.pop(k) for k in checkpoint.HUB_KWARGS if k in kwargs}
-        if not isinstance(config, RPGConfig):
-            config = RPGConfig.from_pretrained(pretrained_model_name_or_path, **hub)
-        weights = checkpoint.resolve_weights(pretrained_model_name_or_path, hub)
-        state_dict = checkpoint.read_ring_only(weights, config)
-        model, info = super().from_pretrained(
-            None, *model_args, config=config, state_dict=state_dict, output_loading_info=True, **kwargs
-        )
-        checkpoint.check_loading_info(info, weights)
-        model.config._name_or_path = str(pretrained_model_name_or_path)
-        model.generator.invalidate_cache()
-        return (model, info) if output_loading_info else model
+            write_model_card(self, save_directory)
 
     def push_to_hub(
         self,
@@ -148,7 +99,7 @@ class RPGPreTrainedModel(PreTrainedModel):
         """Upload the ring-only folder and its model card (keyword-only, like transformers 5).
 
         The card is built locally (no read of a remote card), then one commit uploads config.json,
-        model.safetensors, preprocessor_config.json, README.md and the two remote-code files.
+        model.safetensors, preprocessor_config.json, README.md and the remote-code files.
         """
         from rpg_hf.hf.cards import write_model_card
         from rpg_hf.hf.hub import upload_folder
@@ -161,38 +112,11 @@ class RPGPreTrainedModel(PreTrainedModel):
                                  create_pr=create_pr)
 
 
-class RPGForImageClassification(RPGPreTrainedModel):
-    """An RPG image classifier over a timm CNN or a transformers ViT backbone."""
+class RPGForImageClassification(RPGPreTrainedModel, remote.RPGForImageClassification):
+    """An RPG image classifier over a timm CNN or a transformers ViT backbone.
 
-    def __init__(self, config: RPGConfig):
-        super().__init__(config)
-        self._build(config)
-        self.post_init()
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> ImageClassifierOutput | tuple:
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        if self.config.backbone == "vit":
-            logits = self.backbone(pixel_values=pixel_values, **kwargs).logits
-        else:
-            logits = self.backbone(pixel_values)
-        loss = self._loss(logits, labels) if labels is not None else None
-        if not return_dict:
-            return (loss, logits) if loss is not None else (logits,)
-        return ImageClassifierOutput(loss=loss, logits=logits)
-
-    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        labels = labels.to(logits.device)
-        if self.config.problem_type == "multi_label_classification":
-            return nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float())
-        if self.config.num_labels == 1 or self.config.problem_type == "regression":
-            return nn.functional.mse_loss(logits.squeeze(-1).float(), labels.float())
-        return nn.functional.cross_entropy(logits.float(), labels.long())
+    ``__init__`` and ``forward`` are the trust_remote_code class's; ``_build`` is rpg_hf's.
+    """
 
 
 def save_expanded(model: RPGPreTrainedModel, directory: str | os.PathLike) -> Path:

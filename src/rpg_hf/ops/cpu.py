@@ -35,7 +35,8 @@ import torch
 
 from rpg_hf.ops.plan import RingPlan
 
-SOURCE = resources.files(__package__).joinpath("rpg_cpu.c").read_text()
+# The kernel sources (package data beside this file): rpg_cpu.c includes rpg_cpu_tables.h.
+SOURCES = {name: resources.files(__package__).joinpath(name).read_text() for name in ("rpg_cpu.c", "rpg_cpu_tables.h")}
 _FLAGS = ["-O3", "-funroll-loops", "-fPIC", "-shared", "-pthread", "-ffp-contract=off", "-fno-fast-math", "-std=gnu99"]
 # tried in this order: OpenMP (shares torch's libgomp thread pool) and -march=native are optional
 _VARIANTS = (["-march=native", "-fopenmp"], ["-fopenmp"], ["-march=native"], [])
@@ -80,8 +81,9 @@ def _compiler_version(cc: str) -> str:
 def _build(cc: str, flags: list[str], target: Path) -> None:
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        for name, text in SOURCES.items():
+            (Path(tmp) / name).write_text(text)
         src = Path(tmp) / "rpg_cpu.c"
-        src.write_text(SOURCE)
         out = Path(tmp) / target.name
         proc = subprocess.run([cc, *flags, "-o", str(out), str(src)], capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
@@ -121,7 +123,7 @@ def load() -> ctypes.CDLL | None:
             attempts = [(_FLAGS + extra, d) for extra in variants for d in _cache_dirs()]
             for flags, cache in attempts:  # a failed build or a read-only cache: the next attempt
                 key = hashlib.sha256(
-                    "\0".join([SOURCE, cc, version, *flags, platform.machine(), _cpu_id()]).encode()
+                    "\0".join([*SOURCES.values(), cc, version, *flags, platform.machine(), _cpu_id()]).encode()
                 ).hexdigest()[:20]
                 target = cache / f"rpg_cpu_{key}.so"
                 try:

@@ -29,8 +29,8 @@ from timm.models import register_model
 
 from rpg_hf.hf.configuration_rpg import TIMM_PREFIX, RPGConfig
 from rpg_hf.reparam import GeneratedLayer, reparameterize
+from rpg_hf.spec import SPEC_FIELDS, RPGSpec
 
-RPG_KWARGS = ("dof", "seed", "scope", "permute", "sign_flip")
 # the base architecture's weight provenance, not this checkpoint's: dropped from the model's pretrained_cfg
 _PROVENANCE = ("url", "file", "state_dict", "hf_hub_id", "hf_hub_filename", "source", "tag", "origin_url",
                "test_input_size", "test_pool_size", "test_crop_pct", "label_names", "label_descriptions")
@@ -126,10 +126,14 @@ def load_rpg_timm_model(source: tuple[str, str], *, pretrained: bool = True, arc
         )
     if architecture is not None and architecture != config.architecture:
         raise ValueError(f"{where} holds an RPG {config.architecture}, not {architecture}")
-    for key in RPG_KWARGS:
-        if key in kwargs and kwargs.pop(key) != getattr(config, key):
-            raise ValueError(f"{key}={getattr(config, key)!r} is fixed by the checkpoint {where}; "
-                             "the ring cannot be loaded into a different construction")
+    given = {key: kwargs.pop(key) for key in SPEC_FIELDS if key in kwargs}
+    if given:  # compared as RPGSpec values: a list equals the tuple, None the default
+        saved = config.spec
+        wanted = RPGSpec(**{**saved.to_dict(), **{k: v for k, v in given.items() if v is not None}})
+        for key in given:
+            if getattr(wanted, key) != getattr(saved, key):
+                raise ValueError(f"{key}={getattr(saved, key)!r} is fixed by the checkpoint {where}; "
+                                 "the ring cannot be loaded into a different construction")
     kwargs.pop("pretrained_model_args", None)
     if kwargs.get("features_only"):
         raise ValueError("features_only is not supported when loading a ring-only checkpoint through timm; load "

@@ -1,7 +1,8 @@
 """timm entrypoints: `timm.create_model("rpg_resnet34", dof=45_000, seed=0, num_classes=10)`.
 
-Each returns the real timm model re-parameterized by a ring; the DoF, seed and ring scope are
-keyword arguments, every other keyword goes to the underlying timm architecture.  The models keep
+Each returns the real timm model re-parameterized by a ring; every `RPGSpec` field (``dof``,
+``seed``, ``scope``, ``permute``, ``include``, ``exclude_head``, ...) is a keyword argument, every
+other keyword goes to the underlying timm architecture.  The models keep
 timm's whole contract: a registered default cfg per name (the architecture's preprocessing, no
 weight source), ``forward_features`` / ``forward_head`` / ``forward_intermediates``,
 ``feature_info``, and ``features_only=True`` with ``out_indices`` / ``feature_cls``.
@@ -30,7 +31,9 @@ from timm.models import (
 )
 
 from rpg_hf.reparam import GENERATOR_ATTR, get_generator, reparameterize
-from rpg_hf.spec import RPGSpec
+from rpg_hf.spec import SPEC_FIELDS, RPGSpec, spec_kwargs
+
+DEFAULT_DOF = 45_000
 
 RPG_ARCHITECTURES = ("resnet18", "resnet34", "resnet50", "resnet101", "convnext_tiny", "efficientnet_b0",
                      "vit_small_patch16_224", "vit_base_patch16_224")
@@ -141,15 +144,20 @@ def build_rpg_model(architecture: str, spec: RPGSpec, *, pretrained_cfg: Any = N
     return model
 
 
-def create_rpg_model(architecture: str, pretrained: bool = False, *, dof: int = 45_000, seed: int = 0,
-                     scope: str = "global", permute: bool = True, sign_flip: bool = True, **kwargs):
-    """A timm ``architecture`` whose conv/linear weights are generated from a ring of ``dof`` entries."""
+def create_rpg_model(architecture: str, pretrained: bool = False, **kwargs):
+    """A timm ``architecture`` whose conv/linear weights are generated from a ring of ``dof`` entries.
+
+    The `RPGSpec` fields among ``kwargs`` (``dof``, default 45,000; ``seed``, ``scope``, ``include``,
+    ``exclude_head``, ...; ``None`` meaning the default) make the spec, the others go to timm.
+    ``pretrained=True`` loads the ring-only checkpoint the pretrained cfg names; spec fields given
+    then must agree with the checkpoint's.
+    """
     if pretrained:  # a ring-only checkpoint named by pretrained_cfg(_overlay) file= / hf_hub_id= (rpg_hf.timm_models.hub)
         from rpg_hf.timm_models.hub import load_pretrained_entrypoint
 
         return load_pretrained_entrypoint(f"rpg_{architecture}", architecture, **kwargs)
-    spec = RPGSpec(dof=dof, seed=seed, scope=scope, permute=permute, sign_flip=sign_flip)
-    return build_rpg_model(architecture, spec, **kwargs)
+    spec = RPGSpec(**{"dof": DEFAULT_DOF, **spec_kwargs(kwargs)})
+    return build_rpg_model(architecture, spec, **{k: v for k, v in kwargs.items() if k not in SPEC_FIELDS})
 
 
 def _entrypoint(architecture: str):
@@ -158,8 +166,9 @@ def _entrypoint(architecture: str):
 
     fn.__name__ = f"rpg_{architecture}"
     fn.__qualname__ = fn.__name__
-    fn.__module__ = "rpg_hf.timm_models"  # timm files models by module name
-    fn.__doc__ = f"RPG {architecture}: weights generated from a ring (kwargs: dof, seed, scope, permute, sign_flip)."
+    fn.__module__ = __name__  # timm's register_model reads the default cfg from this module's `default_cfgs`
+    fn.__doc__ = (f"RPG {architecture}: weights generated from a ring.  RPGSpec kwargs: {', '.join(SPEC_FIELDS)} "
+                  f"(dof defaults to {DEFAULT_DOF:,}); the others go to timm's {architecture}.")
     return fn
 
 

@@ -76,6 +76,20 @@ def load_split(source: str | os.PathLike[str], split: str, *, max_samples: int |
     return ds
 
 
+def balanced_subset(labels: torch.Tensor, size: int, *, seed: int = 0, num_classes: int | None = None) -> torch.Tensor:
+    """Indices of a fixed class-balanced subset of ``size`` samples, in ascending order.
+
+    Each class (in label order) keeps ``size // num_classes`` samples (``num_classes``: default the
+    number of distinct labels), drawn by a ``randperm`` of its indices from one generator seeded
+    with ``seed`` — the same subset for every run of a protocol.
+    """
+    classes = torch.unique(labels).tolist()
+    per_class = int(size) // int(num_classes or len(classes))
+    g = torch.Generator().manual_seed(int(seed))
+    members = [torch.nonzero(labels == c).flatten() for c in classes]
+    return torch.sort(torch.cat([k[torch.randperm(len(k), generator=g)[:per_class]] for k in members])).values
+
+
 def _label_column(ds) -> str:
     import datasets
 

@@ -1,64 +1,52 @@
-"""Files a run writes: JSON written atomically, and the recipe's numbered checkpoint folders."""
+"""Files a run writes — JSON and text, written atomically (a reader never sees half a file) — and
+the description of the machine a run record carries."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+import platform
 from pathlib import Path
 from typing import Any
 
-CHECKPOINT_PREFIX = "step_"
 
-@dataclass
-class TrainState:
-    """Progress saved beside every checkpoint (``train_state.json``, written when the checkpoint is complete)."""
-
-    step: int = 0  # optimizer steps done; the epoch is step // steps_per_epoch
-    samples: int = 0  # training images seen, all processes together
-
-    def state_dict(self) -> dict[str, int]:
-        return {"step": self.step, "samples": self.samples}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.step, self.samples = int(state["step"]), int(state.get("samples", 0))
-
-
-def checkpoint_dirs(root: str | os.PathLike[str]) -> list[Path]:
-    """``<root>/step_<n>`` folders that hold a completed checkpoint, oldest first."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    found = []
-    for p in root.iterdir():
-        m = re.fullmatch(rf"{CHECKPOINT_PREFIX}(\d+)", p.name)
-        if m and p.is_dir() and (p / "train_state.json").is_file():
-            found.append((int(m.group(1)), p))
-    return [p for _, p in sorted(found)]
-
-
-def latest_checkpoint(root: str | os.PathLike[str]) -> Path | None:
-    dirs = checkpoint_dirs(root)
-    return dirs[-1] if dirs else None
-
-
-def prune_checkpoints(root: str | os.PathLike[str], keep: int) -> list[Path]:
-    """Delete all but the newest ``keep`` checkpoints (``keep <= 0``: keep all); returns the deleted."""
-    import shutil
-
-    dirs = checkpoint_dirs(root)
-    doomed = dirs[:-keep] if keep > 0 else []
-    for p in doomed:
-        shutil.rmtree(p, ignore_errors=True)
-    return doomed
+def write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file of this process, then a rename: a killed
+    run never leaves a half-written file behind, nor do two writers."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
 
 
 def write_json(path: str | os.PathLike[str], data: Any) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    tmp.replace(path)
-    return path
+    """Write ``data`` as indented JSON to ``path`` (atomically, :func:`write_text`)."""
+    return write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def cpu_name() -> str:
+    """The CPU's model name: ``/proc/cpuinfo``'s ``model name`` (else its ``Hardware`` / named
+    ``processor`` line, as on ARM), else what :mod:`platform` knows."""
+    with contextlib.suppress(OSError):
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        for keys in (("model name",), ("hardware", "processor\t: ")):
+            for line in lines:
+                if line.lower().startswith(keys) and ":" in line:
+                    name = line.split(":", 1)[1].strip()
+                    if name and not name.isdigit():
+                        return name
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def device_name(device: Any = "cpu") -> str:
+    """What a run record says about the device: the CUDA device's name, else
+    ``"cpu (<cpu name>; <torch threads> thread(s))"``."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({cpu_name()}; {torch.get_num_threads()} thread(s))"

@@ -5,8 +5,8 @@ What differs between them is passed in, not re-implemented:
 * **the data** — ``batches(epoch, skip)`` yields the ``(inputs, labels)`` micro-batches of one
   epoch, from batch ``skip`` on (a resumed run; a prepared Accelerate loader does that with
   ``skip_first_batches``, in-memory tensors by slicing);
-* **the loss** — ``loss_fn(model, x, y)`` (cross-entropy on the logits by default; the recipe adds
-  distillation);
+* **the loss** — ``loss_fn(model, x, y)`` (cross-entropy on the logits by default; the recipes add
+  distillation, :func:`distillation_loss`);
 * **what happens after an optimizer step** — ``on_step(state, loss)`` logs, evaluates or writes a
   checkpoint and returns ``True`` to stop early (an interrupted run).
 
@@ -53,6 +53,20 @@ class TrainState:
 def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The default loss: cross-entropy of the model's logits (a timm tensor or a transformers output)."""
     return nn.functional.cross_entropy(logits_of(model(x)).float(), y)
+
+
+def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, *,
+                      temperature: float, weight: float, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Knowledge distillation: ``(1 - w) * cross-entropy + w * T^2 * KL(teacher || student)``.
+
+    The KL divergence is between the temperature-softened distributions of ``teacher_logits`` and
+    ``logits`` (batch mean); ``T^2`` keeps its gradient on the scale of the cross-entropy's.
+    """
+    loss = nn.functional.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+    t = temperature
+    kd = nn.functional.kl_div(nn.functional.log_softmax(logits / t, -1), nn.functional.log_softmax(
+        teacher_logits / t, -1), log_target=True, reduction="batchmean") * (t * t)
+    return (1.0 - weight) * loss + weight * kd
 
 
 def fit(

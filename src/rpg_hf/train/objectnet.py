@@ -38,7 +38,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from rpg_hf.train.metrics import TopKAccuracy
+from rpg_hf.train.evaluate import TopKAccuracy
 
 __all__ = [
     "FOLDER_TO_LABEL_FILE",

@@ -1,6 +1,7 @@
 """`RPGConfig` of a ring-only RPG checkpoint (Recurrent Parameter Generators, WACV 2023).
 
-rpg_hf writes this file into every checkpoint it saves, next to ``modeling_rpg.py``, so that
+rpg_hf writes this file into every checkpoint it saves, next to ``modeling_rpg.py`` (and the
+``construction.py`` whose ``generator_version`` check it uses), so that
 ``AutoModelForImageClassification.from_pretrained(repo, trust_remote_code=True)`` works with only
 torch + transformers (+ timm for timm backbones).  It needs no rpg_hf: where rpg_hf is installed and
 imported, transformers uses rpg_hf's own registered classes instead (they build on this file).
@@ -23,8 +24,9 @@ from typing import Any
 
 from transformers import PreTrainedConfig
 
-GENERATOR_VERSION = 1
-SUPPORTED_GENERATOR_VERSIONS = (1,)
+# the pinned construction's version, checked by the construction itself (rpg_hf.core.construction, shipped)
+from .construction import GENERATOR_VERSION, SUPPORTED_GENERATOR_VERSIONS, check_generator_version
+
 BACKBONES = ("timm", "vit")
 SCOPES = ("global", "stage", "block")
 RING_DTYPES = ("float32", "int8")
@@ -36,17 +38,6 @@ TIMM_PREFIX = "rpg."  # config.json's `architecture` names timm's generic RPG en
 # image-processor settings from config.json: this key sends AutoImageProcessor to preprocessor_config.json.
 IMAGE_PROCESSOR_TYPE = "BitImageProcessor"
 DERIVED_KEYS = ("pretrained_cfg", "image_processor_type")  # written by to_dict(), recomputed on every save
-
-
-def check_generator_version(version: Any) -> None:
-    """Refuse a checkpoint written by a construction this code does not implement."""
-    if version not in SUPPORTED_GENERATOR_VERSIONS:
-        raise ValueError(
-            f"unknown RPG generator_version {version!r}: this code implements "
-            f"{list(SUPPORTED_GENERATOR_VERSIONS)}; expanding with another construction would give "
-            "different weights, so upgrade rpg_hf (or load with trust_remote_code=True from a checkpoint "
-            "saved by a newer rpg_hf) to load this checkpoint"
-        )
 
 
 class RPGConfig(PreTrainedConfig):

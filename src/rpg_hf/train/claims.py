@@ -1,0 +1,48 @@
+"""Work sharing without a scheduler: processes — on one machine or several, now or in a later
+session — take independent jobs (the science sweep's runs) one at a time through claim files.
+
+A claim is ``<claims_dir>/<job>``, created exclusively and holding ``"<host> <pid>"``; a claim
+whose process is gone (same host, no such pid) is taken over.  The claimer deletes it when done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from pathlib import Path
+
+
+def _alive(claim: Path) -> bool:
+    try:
+        host, pid = claim.read_text().split()
+    except (OSError, ValueError):
+        return False
+    if host != socket.gethostname():
+        return True  # another machine's claim: trust it
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim(claims_dir: Path, job: str) -> bool:
+    """Take ``job`` for this process: an exclusive claim file; a dead process's claim is taken over."""
+    claims_dir.mkdir(parents=True, exist_ok=True)
+    path = claims_dir / job
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if _alive(path):
+                return False
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{socket.gethostname()} {os.getpid()}\n")
+        return True
+    return False
