@@ -282,6 +282,10 @@ def test_claims_are_exclusive_and_a_dead_process_claim_is_taken_over(tmp_path):
     (claims / "run-b").write_text(f"{socket.gethostname()} {dead.stdout.strip()}\n")
     assert sweep.claim(claims, "run-b")  # the process that claimed it is gone
     assert (claims / "run-b").read_text().split()[1] == str(os.getpid())
+    # a live pid that is not the claimer any more (a later session, a reboot): its start differs
+    (claims / "run-c").write_text(f"{socket.gethostname()} {os.getpid()} not-this-process\n")
+    assert sweep.claim(claims, "run-c")
+    assert not sweep.claim(claims, "run-c")  # now genuinely held by this process
 
 
 def test_an_interrupted_run_resumes_from_its_last_epoch_bit_identically(tmp_path, monkeypatch):

@@ -1,8 +1,10 @@
 """Work sharing without a scheduler: processes — on one machine or several, now or in a later
 session — take independent jobs (the science sweep's runs) one at a time through claim files.
 
-A claim is ``<claims_dir>/<job>``, created exclusively and holding ``"<host> <pid>"``; a claim
-whose process is gone (same host, no such pid) is taken over.  The claimer deletes it when done.
+A claim is ``<claims_dir>/<job>``, created exclusively and holding ``"<host> <pid> <start>"``
+(``<start>``: the boot id and the process's start tick, where ``/proc`` has them); a claim whose
+process is gone — same host, and no such pid, or a pid now reused by another process (a later
+session, a reboot) — is taken over.  The claimer deletes it when done.
 """
 
 from __future__ import annotations
@@ -13,9 +15,19 @@ import socket
 from pathlib import Path
 
 
+def _start(pid: int) -> str:
+    """Boot id + start tick of ``pid`` (``-`` where /proc does not tell): a pid's identity over time."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return f"{boot}:{stat.rsplit(')', 1)[1].split()[19]}"  # field 22, after the parenthesised name
+    except (OSError, IndexError):
+        return "-"
+
+
 def _alive(claim: Path) -> bool:
     try:
-        host, pid = claim.read_text().split()
+        host, pid, *start = claim.read_text().split()
     except (OSError, ValueError):
         return False
     if host != socket.gethostname():
@@ -26,7 +38,7 @@ def _alive(claim: Path) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    return not start or start[0] == "-" or start[0] == _start(int(pid))
 
 
 def claim(claims_dir: Path, job: str) -> bool:
@@ -43,6 +55,6 @@ def claim(claims_dir: Path, job: str) -> bool:
                 path.unlink()
             continue
         with os.fdopen(fd, "w") as f:
-            f.write(f"{socket.gethostname()} {os.getpid()}\n")
+            f.write(f"{socket.gethostname()} {os.getpid()} {_start(os.getpid())}\n")
         return True
     return False
