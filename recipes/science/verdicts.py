@@ -29,13 +29,22 @@ def _pm(g: Mapping[str, Any]) -> str:
     return f"{_pct(g['top1_mean'])} ± {_pct(g['top1_std'])}" if g["n"] > 1 else _pct(g["top1_mean"])
 
 
-def _noise(a: Mapping[str, Any], b: Mapping[str, Any]) -> float:
-    """Spread of a difference of two means: sqrt(std_a² + std_b²) (seed-to-seed std, ddof=1)."""
+def _noise(a: Mapping[str, Any], b: Mapping[str, Any]) -> float | None:
+    """Spread of a difference of two means: sqrt(std_a² + std_b²) (seed-to-seed std, ddof=1);
+    None while either side has a single seed (no spread measured yet: nothing is "beyond" it)."""
+    if a.get("n", 2) < 2 or b.get("n", 2) < 2:
+        return None
     return math.hypot(a["top1_std"], b["top1_std"])
+
+
+def _clear(diff: float, noise: float | None) -> bool:
+    return noise is not None and diff > noise
 
 
 def _beyond(diff: float, a, b) -> str:
     n = _noise(a, b)
+    if n is None:
+        return "one seed: spread not measured yet"
     return "beyond the seed spread" if abs(diff) > n else "within the seed spread"
 
 
@@ -72,8 +81,11 @@ def claims(groups: Sequence[Mapping[str, Any]], fits: Mapping[str, Mapping[str, 
                      f"{v['params']:,} params: {100 * diff:+.2f} points ({_beyond(diff, g, v)})")
     if pairs:
         wins = sum(p["diff"] > 0 for p in c1["pairs"])
-        clear = sum(p["diff"] > p["noise"] for p in c1["pairs"])
-        c1["verdict"] = ("reproduced" if clear == len(pairs) else "partly reproduced" if wins else "not reproduced")
+        clear = sum(_clear(p["diff"], p["noise"]) for p in c1["pairs"])
+        one_seed = any(p["noise"] is None for p in c1["pairs"])
+        c1["verdict"] = ("reproduced" if clear == len(pairs) else
+                         "direction only (one seed)" if one_seed and wins == len(pairs) else
+                         "partly reproduced" if wins else "not reproduced")
         c1["text"] = (f"{c1['verdict']} (criterion: a win beyond the seed spread at every matched point): the deeper "
                       f"RPG network wins {wins} of {len(pairs)} equal-DoF comparisons, {clear} of them beyond the "
                       "seed spread. " + "; ".join(lines) + ".")
@@ -157,9 +169,10 @@ def claims(groups: Sequence[Mapping[str, Any]], fits: Mapping[str, Mapping[str, 
         plain = [x for x in c4["ablations"] if x["method"] == ablation.get("plain_sharing", "plain-sharing")]
         if plain:
             p = plain[0]
-            c4["verdict"] = ("reproduced" if p["rpg_minus_ablation"] > p["noise"] else
-                             "direction only (within the seed spread)" if p["rpg_minus_ablation"] > 0 else
-                             "not reproduced")
+            c4["verdict"] = ("reproduced" if _clear(p["rpg_minus_ablation"], p["noise"]) else
+                             "not reproduced" if p["rpg_minus_ablation"] <= 0 else
+                             "direction only (one seed)" if p["noise"] is None else
+                             "direction only (within the seed spread)")
         else:
             c4["verdict"] = "not tested (no plain-sharing run)"
         c4["text"] = (f"{c4['verdict']}: {ablation['arch']}-RPG at {ref['dof']:,} DoF {_pm(ref)}% vs " + "; ".join(parts)

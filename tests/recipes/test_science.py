@@ -357,3 +357,11 @@ def test_claim_verdicts_are_computed_from_the_numbers():
     groups[4] = g("r18", "vanilla", 10000, 0.855, std=0.01, role="equal_dof", width=20)  # a win within the spread
     verdict = report.claims(groups, fits, ["r18", "r34"], None)[0]
     assert verdict["verdict"] == "partly reproduced" and "1 of 1 equal-DoF comparisons, 0 of them" in verdict["text"]
+
+    # one seed: no spread measured, so a win is a direction, never "beyond the seed spread"
+    single = [dict(x, n=1, seeds=[0], top1_std=0.0) for x in groups]
+    single[4] = dict(single[4], top1_mean=0.84)
+    verdicts = {c["claim"]: c for c in report.claims(single, fits, ["r18", "r34"], abl)}
+    assert verdicts[1]["verdict"] == "direction only (one seed)" and verdicts[1]["pairs"][0]["noise"] is None
+    assert "one seed: spread not measured yet" in verdicts[1]["text"]
+    assert verdicts[4]["verdict"] == "direction only (one seed)"
