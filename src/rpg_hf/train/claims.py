@@ -28,17 +28,20 @@ def _start(pid: int) -> str:
 def _alive(claim: Path) -> bool:
     try:
         host, pid, *start = claim.read_text().split()
+        pid = int(pid)
     except (OSError, ValueError):
+        return False  # unreadable or not a claim: take it over
+    if len(start) > 1:
         return False
     if host != socket.gethostname():
         return True  # another machine's claim: trust it
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return not start or start[0] == "-" or start[0] == _start(int(pid))
+    return not start or start[0] == "-" or start[0] == _start(pid)
 
 
 def claim(claims_dir: Path, job: str) -> bool:
