@@ -30,8 +30,7 @@ if __package__:
 else:  # run as a script: its directory is sys.path[0]
     from verdicts import METHOD_ORDER, _pm, claims
 
-# atomic writes, and the device a run record names: sweep.py calls report.device_name / report.write_json
-from rpg_hf.train.files import device_name, write_json, write_text  # noqa: F401
+from rpg_hf.train.files import write_json, write_text
 
 
 def save_rpg(model, run, directory: Path, top1: float, dcfg, command: str, probe, mean, std) -> dict[str, Any]:

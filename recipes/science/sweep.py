@@ -46,6 +46,7 @@ from typing import Any
 import yaml
 
 from rpg_hf.train.claims import claim
+from rpg_hf.train.files import device_name, write_json
 
 if __package__:
     from . import report
@@ -290,7 +291,7 @@ def train_run(run: Mapping[str, Any], cfg: Mapping[str, Any], proto: Mapping[str
         "train_seconds": round(state.train_seconds, 2), "eval_seconds": round(time.perf_counter() - t1, 2),
         "resumed_from_step": resumed_from,
         "train_loss_last_epoch": sum(last_losses) / len(last_losses),
-        "train_samples": len(xtr), "test_samples": len(xte), "device": report.device_name(device),
+        "train_samples": len(xtr), "test_samples": len(xte), "device": device_name(device),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "summary": model_summary(model),
     }
     if save_dir is not None and run["method"] != "vanilla":
@@ -373,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             save_dir=None if args.no_save_models else work_dir / "models", command=command, fp=fp,
                             progress=sys.stderr.isatty())
             rec.update(protocol_fingerprint=fp, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-            report.write_json(runs_dir / f"{run['run_id']}.json", rec)
+            write_json(runs_dir / f"{run['run_id']}.json", rec)
             done += 1
             log(f"{run['run_id']}: top-1 {100 * rec['top1']:.2f}%  train {rec['train_seconds']:.0f}s, "
                 f"total {time.time() - t0:.0f}s")
