@@ -190,6 +190,10 @@ class Bench:
             for pool in (hub.buffers.values() if hub is not None else ()):
                 for buf, _ in pool:
                     add(buf)
+        if gen is not None:  # the opt-in index cache (process-wide; 0 unless a budget is set)
+            from rpg_hf.ops import index_cache
+
+            total += index_cache.used_bytes()
         return total / 2**20
 
     def peak_mib(self, m: dict, step) -> float | None:

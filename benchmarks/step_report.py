@@ -57,7 +57,7 @@ def environment(args, device, amp: bool, channels_last: bool, cfg: dict) -> dict
     import torch
 
     import rpg_hf
-    from rpg_hf.ops import requested_backend
+    from rpg_hf.ops import index_cache, requested_backend
     from rpg_hf.train.files import cpu_name
 
     env = {
@@ -74,6 +74,7 @@ def environment(args, device, amp: bool, channels_last: bool, cfg: dict) -> dict
         "rpg_hf": f"{rpg_hf.__version__} (git {_git()})",
         "python": platform.python_version(),
         "backend": requested_backend(),
+        "index_cache_mib": f"{index_cache.budget_bytes() / 2**20:g}",
         "amp": "bf16" if amp else "off",
         "channels_last": "on" if channels_last else "off",
         "cudnn_benchmark": "on" if device.type == "cuda" and torch.backends.cudnn.benchmark else "off",

@@ -74,6 +74,9 @@ def _parse(argv=None):
                    help="generation-only repetitions (default: CPU 5, CUDA 20; 0 skips)")
     p.add_argument("--backend", choices=["auto", "torch", "cpu", "triton"], default=None,
                    help="generation backend (sets RPG_HF_BACKEND; default: the environment's or auto)")
+    p.add_argument("--index-cache-mb", type=float, default=None, metavar="MIB",
+                   help="CPU kernels' opt-in index cache budget (rpg_hf.ops.index_cache; default "
+                        "$RPG_HF_INDEX_CACHE_MB, else 0 = off)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads; default: torch's)")
     p.add_argument("--amp", choices=["auto", "on", "off"], default="auto", help="bf16 autocast (auto: on for CUDA)")
     p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto", help="(auto: on for CUDA)")
@@ -208,6 +211,10 @@ def main(argv=None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.index_cache_mb is not None:
+        from rpg_hf.ops import index_cache
+
+        index_cache.set_budget_mb(args.index_cache_mb)
     bench = Bench(args)
     if args.compile:
         dyn = torch._dynamo.config

@@ -58,6 +58,7 @@ typedef struct {
     int wrap;          /* forward: indices in [N, N + pad) wrap by one subtraction (ring not padded) */
     const void *mult;
     void **ptrs;       /* forward: per-layer outputs; backward: per-layer gradients (NULL: skipped) */
+    uint32_t **codes;  /* per-layer cached codes (padded-ring index | sign << 31), NULL: computed on the fly */
     int dtype;         /* 0: float32, 1: float64 */
     int prefetch;
 } job_t;
