@@ -208,12 +208,17 @@ class Bench:
         return torch.cuda.max_memory_allocated(self.device) / 2**20 - before + self.state_mib(m["model"], m["opt"])
 
     def generation(self, model) -> dict:
-        """Generation alone: every ring forward, then random weight gradients folded back."""
+        """Generation alone, as training runs it: every ring forward, then random weight gradients folded back.
+
+        One :class:`~rpg_hf.ops.RingGradient` per ring for all repetitions, so the CPU output buffers
+        are reused as in a training step (fresh ones would add page faults that training never pays).
+        """
         torch = self.torch
         from rpg_hf import get_generator
-        from rpg_hf.ops import expand_ring
+        from rpg_hf.ops import RingGradient
 
         gen = get_generator(model)
+        hubs = [RingGradient(r) for r in gen.rings]
         reps = self.cfg["gen_reps"]
         out = {"generated": sum(s.numel for ss in gen.slots for s in ss), "gen_fwd_ms": None, "gen_bwd_ms": None}
         if reps <= 0:
@@ -224,7 +229,7 @@ class Bench:
         for rep in range(reps + 1):
             self.sync()
             t0 = time.perf_counter()
-            outs = [expand_ring(r, gen.slots[i]) for i, r in enumerate(gen.rings)]
+            outs = [[hub.weight(r, s) for s in gen.slots[i]] for i, (hub, r) in enumerate(zip(hubs, gen.rings))]
             self.sync()
             t1 = time.perf_counter()
             torch.autograd.backward([w for ws in outs for w in ws], [gg for gs in grads for gg in gs])
