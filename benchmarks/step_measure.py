@@ -229,7 +229,7 @@ class Bench:
         for rep in range(reps + 1):
             self.sync()
             t0 = time.perf_counter()
-            outs = [[hub.weight(r, s) for s in gen.slots[i]] for i, (hub, r) in enumerate(zip(hubs, gen.rings))]
+            outs = [[hub.weight(r, s) for s in gen.slots[i]] for i, (hub, r) in enumerate(zip(hubs, gen.rings, strict=True))]
             self.sync()
             t1 = time.perf_counter()
             torch.autograd.backward([w for ws in outs for w in ws], [gg for gs in grads for gg in gs])

@@ -123,6 +123,20 @@ def test_cpu_backward_accepts_non_contiguous_and_low_precision_grads():
     _assert_grad_close(half, _reference_grad(slots, [g0.bfloat16(), g1.bfloat16()], 211))
 
 
+def test_bfloat16_ring_goes_to_the_reference_and_matches_it():
+    """No kernel takes a bf16 ring: dispatch picks the reference, whose weights and gradient it must give."""
+    slots = tuple(_slots([(6, 4, 3, 3), (50,)]))
+    ring = torch.randn(97, generator=torch.Generator().manual_seed(4)).bfloat16().requires_grad_()
+    assert kernels.select_backend(ring.detach(), get_plan(slots, 97)) == "torch"
+    outs = expand_ring(ring, slots)
+    for s, o in zip(slots, outs, strict=True):
+        assert o.dtype == torch.bfloat16 and torch.equal(o, generate_layer(ring.detach(), s))
+    grads = [torch.randn(s.shape, generator=torch.Generator().manual_seed(5)).bfloat16() for s in slots]
+    torch.autograd.backward(outs, grads)
+    ref = _reference_grad(slots, grads, 97).bfloat16()
+    assert ring.grad.dtype == torch.bfloat16 and torch.equal(ring.grad, ref)
+
+
 @needs_cpu
 def test_fused_node_gradcheck_float64():
     slots = tuple(_slots([(3, 2, 2), (5,), (2, 3)]))
