@@ -128,6 +128,7 @@ def summarize(cfg: Mapping[str, Any], grid: Sequence[Mapping[str, Any]], proto: 
         "test_samples": runs[0]["test_samples"] if runs else None,
         "steps_per_run": runs[0]["steps"] if runs else None,
         "seeds": list(cfg.get("seeds", [0, 1])),
+        "extra_seeds": dict(cfg.get("extra_seeds") or {}),
         "device": devices[0] if len(devices) == 1 else devices,
         "num_processes": max((r.get("num_processes", 1) for r in runs), default=1),
         "threads_per_process": sorted({r.get("threads") for r in runs if r.get("threads")}),
@@ -217,7 +218,9 @@ def render_readme(cfg, table: str, protocol: Mapping[str, Any], plot_name: str) 
         + (f" (class-balanced subset, seed {d.get('subset_seed', 0)})" if d.get("train_subset") else "")
         + f", {protocol['epochs']} epoch(s) of batch {protocol['batch_size']} ({protocol.get('steps_per_run')} steps), "
         f"{protocol['optimizer']}, lr {protocol['lr']:g} with {protocol['schedule']}, augmentation: {aug}; "
-        f"test top-1 on all {protocol.get('test_samples'):,} test images; seeds {protocol['seeds']}; "
+        f"test top-1 on all {protocol.get('test_samples'):,} test images; seeds {protocol['seeds']}"
+        + (f" (and {extra['seeds']} for {', '.join(extra.get('runs') or [])})"
+           if (extra := protocol.get("extra_seeds") or {}).get("seeds") else "") + "; "
         f"last-stage width {protocol['width']} (stage channels {protocol['channels']}); device: {protocol['device']}.",
         "",
         f"![test error vs DoF]({plot_name})",

@@ -73,12 +73,21 @@ def _counts(arch: str, width: int, in_chans: int, num_classes: int, scope: str =
     return {"params": plain, "free_params": int(table.free_params), "generated_params": int(table.generated_params)}
 
 
+def base_id(r: Mapping[str, Any]) -> str:
+    """A grid point without its seed: what ``extra_seeds.runs`` names."""
+    return f"{r['arch']}-{r['method']}-w{r['width']}-dof{r['dof']}"
+
+
 def run_id(r: Mapping[str, Any]) -> str:
-    return f"{r['arch']}-{r['method']}-w{r['width']}-dof{r['dof']}-s{r['seed']}"
+    return f"{base_id(r)}-s{r['seed']}"
 
 
 def build_grid(cfg: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Every run of the sweep in priority order (all of seed 0 first), parameter counts resolved."""
+    """Every run of the sweep in priority order, parameter counts resolved.
+
+    All of seed 0 first, then each further seed of ``seeds``; then the ``extra_seeds`` (the grid
+    points named in ``extra_seeds.runs`` — a third seed where two results are within a seed spread).
+    """
     from rpg_hf.train.models import match_vanilla_width
 
     data = cfg.get("dataset") or {}
@@ -116,9 +125,16 @@ def build_grid(cfg: Mapping[str, Any]) -> list[dict[str, Any]]:
         if unknown:
             raise ValueError(f"ablation {name!r}: unknown field(s) {sorted(unknown)}")
         base.append(rpg(abl["arch"], abl["dof"], method=name, role="ablation", **variant))
+    extra = cfg.get("extra_seeds") or {}
+    wanted = [str(x) for x in extra.get("runs") or []]
+    unknown = sorted(set(wanted) - {base_id(r) for r in base})
+    if unknown:
+        raise ValueError(f"extra_seeds.runs: not in the grid: {unknown} (names are run ids without '-s<seed>')")
+    passes = [(int(s), base) for s in cfg.get("seeds", [0, 1])]
+    passes += [(int(s), [r for r in base if base_id(r) in wanted]) for s in extra.get("seeds") or []]
     runs, seen = [], set()
-    for seed in [int(s) for s in cfg.get("seeds", [0, 1])]:
-        for r in base:
+    for seed, points in passes:
+        for r in points:
             r = dict(r, seed=seed, run_id=run_id(dict(r, seed=seed)))
             if r["run_id"] not in seen:
                 seen.add(r["run_id"])

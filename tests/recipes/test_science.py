@@ -365,3 +365,20 @@ def test_claim_verdicts_are_computed_from_the_numbers():
     assert verdicts[1]["verdict"] == "direction only (one seed)" and verdicts[1]["pairs"][0]["noise"] is None
     assert "one seed: spread not measured yet" in verdicts[1]["text"]
     assert verdicts[4]["verdict"] == "direction only (one seed)"
+
+
+def test_extra_seeds_add_named_points_last_and_refuse_unknown_names(tmp_path):
+    sweep = _sweep_module()
+    cfg = yaml.safe_load(_tiny_config(tmp_path, tmp_path / "no-data").read_text())
+    plain = sweep.build_grid(cfg)
+    named = ["cifar_resnet18-plain-sharing-w32-dof300", "cifar_resnet18-rpg-w32-dof300"]
+    cfg["extra_seeds"] = {"seeds": [2], "runs": named}
+    grid = sweep.build_grid(cfg)
+    assert grid[: len(plain)] == plain  # the main seeds first, unchanged
+    extra = grid[len(plain) :]
+    assert sorted(r["run_id"] for r in extra) == sorted(f"{n}-s2" for n in named)
+    assert sweep.fingerprint(sweep.protocol_of(cfg)) == sweep.fingerprint(sweep.protocol_of(
+        {k: v for k, v in cfg.items() if k != "extra_seeds"}))  # finished runs stay valid
+    cfg["extra_seeds"]["runs"] = ["cifar_resnet18-rpg-w32-dof301"]
+    with pytest.raises(ValueError, match="dof301"):
+        sweep.build_grid(cfg)
