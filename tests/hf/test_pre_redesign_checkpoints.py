@@ -4,6 +4,11 @@
 layout: ``rpg_hf.ring``, ``rpg_hf.kernels``, ``rpg_hf.reparam`` as one module) with
 ``save_pretrained``; ``expected.safetensors`` holds the input and the logits that code produced.
 The load goes through transformers' Auto class in a fresh interpreter, as a user's would.
+
+The logits are compared to float32 rounding, not bit for bit: the fixture was written on another
+CPU, and oneDNN/BLAS pick different convolution and matmul kernels per instruction set (an AVX-512
+Xeon and an AVX2 EPYC differ in the last bits).  A wrong permutation, sign or multiplier moves the
+logits by O(1); the expansion itself is pinned bit for bit by the golden vectors in tests/core.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ folder, name, expected = sys.argv[1], sys.argv[2], load_file(sys.argv[3])
 model = AutoModelForImageClassification.from_pretrained(folder).eval()
 with torch.no_grad():
     logits = model(pixel_values=expected["pixel_values"]).logits
-assert torch.equal(logits, expected[name + ".logits"]), (logits - expected[name + ".logits"]).abs().max()
+want = expected[name + ".logits"]
+torch.testing.assert_close(logits, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
 print("ok", type(model).__name__, model.config.dof)
 """
 
