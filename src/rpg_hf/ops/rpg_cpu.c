@@ -349,6 +349,7 @@ int rpg_forward(int dtype, const void *ring, int64_t N, int64_t L, const int64_t
     job_t job;
     memset(&job, 0, sizeof(job));
     job.L = L; job.N = N; job.mult = mult; job.ptrs = outs; job.dtype = dtype; job.codes = codes;
+    job.codes_in = codes != NULL;
     if (setup(&job, meta)) { free_job(&job); return 1; }
     size_t esize = dtype == 0 ? sizeof(float) : sizeof(double);
     char *padded = NULL; /* only tiny rings (N < the widest row) are read through a padded copy */
@@ -377,6 +378,7 @@ int rpg_backward(int dtype, void *acc, int64_t N, int64_t L, const int64_t *meta
     job_t job;
     memset(&job, 0, sizeof(job));
     job.L = L; job.N = N; job.mult = mult; job.ptrs = grads; job.dtype = dtype; job.codes = codes;
+    job.codes_in = codes != NULL;
     if (setup(&job, meta)) { free_job(&job); return 1; }
     size_t esize = dtype == 0 ? sizeof(float) : sizeof(double);
     job.prefetch = (int64_t)esize * N > PREFETCH_BYTES;

@@ -35,7 +35,7 @@ static inline uint32_t hash32(uint32_t v, uint32_t k) {
 typedef struct {
     int64_t n, o;
     uint32_t a, b;
-    int permute, sign;
+    int permute, sign, tables; /* tables: round tables built (permuted, and no cached codes read) */
     uint32_t ks;
     uint16_t *t0;   /* [b]  round 0, indexed by y,       values < a */
     uint16_t *t1e;  /* [2a] round 1, indexed by x < 2a,  values < b */
@@ -59,6 +59,7 @@ typedef struct {
     const void *mult;
     void **ptrs;       /* forward: per-layer outputs; backward: per-layer gradients (NULL: skipped) */
     uint32_t **codes;  /* per-layer cached codes (padded-ring index | sign << 31), NULL: computed on the fly */
+    int codes_in;      /* 1: codes are read (forward/backward), so their layers need no round tables */
     int dtype;         /* 0: float32, 1: float64 */
     int prefetch;
 } job_t;
@@ -80,8 +81,9 @@ static int setup(job_t *job, const int64_t *meta) {
         ly->n = m[0]; ly->a = (uint32_t)m[1]; ly->b = (uint32_t)m[2]; ly->o = m[3];
         ly->permute = (int)(m[4] & 1); ly->sign = (int)((m[4] >> 1) & 1);
         ly->ks = (uint32_t)m[9];
+        ly->tables = ly->permute && !(job->codes_in && job->codes[l]);
         if (ly->permute) {
-            bytes += 8 * 3 * (int64_t)ly->a + 2 * (6 * (int64_t)ly->b + 2 * (int64_t)ly->a) + 64;
+            if (ly->tables) bytes += 8 * 3 * (int64_t)ly->a + 2 * (6 * (int64_t)ly->b + 2 * (int64_t)ly->a) + 64;
             if ((int64_t)ly->b > pad) pad = ly->b;
             int64_t rows = CHUNK_ELEMS / ly->b; if (rows < 1) rows = 1;
             nchunks += (ly->a + rows - 1) / rows;
@@ -98,7 +100,7 @@ static int setup(job_t *job, const int64_t *meta) {
     for (int64_t l = 0; l < L; l++) {
         const int64_t *m = meta + l * META_WIDTH;
         layer_t *ly = &job->layers[l];
-        if (ly->permute) {
+        if (ly->tables) {
             uint32_t a = ly->a, b = ly->b;
             uint32_t k0 = (uint32_t)m[5], k1 = (uint32_t)m[6], k2 = (uint32_t)m[7], k3 = (uint32_t)m[8];
             w = (char *)(((uintptr_t)w + 7) & ~(uintptr_t)7);
@@ -124,7 +126,9 @@ static int setup(job_t *job, const int64_t *meta) {
                 r += step;
                 if (r >= N) r -= N;
             }
-            int64_t rows = CHUNK_ELEMS / b; if (rows < 1) rows = 1;
+        }
+        if (ly->permute) {
+            int64_t a = ly->a, rows = CHUNK_ELEMS / ly->b; if (rows < 1) rows = 1;
             for (int64_t x = 0; x < a; x += rows) {
                 job->chunks[c].layer = l; job->chunks[c].lo = x;
                 job->chunks[c].hi = x + rows < a ? x + rows : a; c++;
