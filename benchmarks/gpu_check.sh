@@ -15,13 +15,16 @@
 #   golden  benchmarks/gpu_golden.py: a fixed model's expansion on CUDA == CPU bit for bit, ring
 #           gradients to tolerance, hashes == benchmarks/golden_expansion.json -> golden.log/.json
 #   bench   benchmarks/step_time.py --device cuda --compile: resnet18/34 B=256, ViT-B/16 B=128,
-#           224 px, N=45K and 2M, bf16 autocast, channels_last, eager and compiled; it skips
-#           what would overrun the time left                         -> step_time.log/.json
+#           224 px, N=45K and 2M, bf16 autocast, channels_last, eager and compiled, with the
+#           default construction (generator version 2); it skips what would overrun the time
+#           left                                                        -> step_time.log/.json
+#   bench_v1  the same for generator version 1, resnet18 only, eager   -> step_time_v1.log/.json
+# Tests and golden cover both generator versions.
 # then prints (and writes to summary.txt) a summary; exit 0 only when every part passed.
 #
 # Environment:
 #   GPU_CHECK_BUDGET=450       seconds for everything
-#   GPU_CHECK_PARTS=tests,golden,bench   which parts run (setup always does)
+#   GPU_CHECK_PARTS=tests,golden,bench,bench_v1   which parts run (setup always does)
 #   GPU_CHECK_ALLOW_CPU=1      dry run without a GPU: the same steps on the CPU with tiny workloads
 #   GPU_CHECK_COMPILE_BACKEND  torch.compile backend of the bench (default inductor; CPU dry run aot_eager)
 #   GPU_CHECK_WHEELS=auto      auto: pinned wheels + those the image lacks; all: every carried wheel; none
@@ -36,7 +39,7 @@ mkdir -p "$OUTDIR"
 OUTDIR="$(cd "$OUTDIR" && pwd)"
 PY="${PYTHON:-python3}"
 BUDGET="${GPU_CHECK_BUDGET:-450}"
-PARTS="${GPU_CHECK_PARTS:-tests,golden,bench}"
+PARTS="${GPU_CHECK_PARTS:-tests,golden,bench,bench_v1}"
 CPU_MODE="${GPU_CHECK_ALLOW_CPU:-0}"
 START=$(date +%s)
 TMPROOT="$(mktemp -d "${TMPDIR:-/tmp}/rpg_gpu_check.XXXXXX")"
@@ -194,7 +197,9 @@ if [[ "${STATUS[setup]}" == OK ]]; then
 
   # ---------------------------------------------------------------------------------------- bench
   if want bench; then
-    limit=$(($(left) - 10))
+    reserve=10
+    want bench_v1 && reserve=70  # the version-1 table after it
+    limit=$(($(left) - reserve))
     run_part bench "$limit" "$OUTDIR/step_time.log" \
       "$PY" benchmarks/step_time.py "${BENCH_ARGS[@]}" --time-budget $((limit > 40 ? limit - 30 : 10)) \
       --json "$OUTDIR/step_time.json"
@@ -204,6 +209,15 @@ if [[ "${STATUS[setup]}" == OK ]]; then
       [[ "${STATUS[bench]}" == OK ]] && STATUS[bench]=PARTIAL
     fi
   fi
+  if want bench_v1; then
+    limit=$(($(left) - 5))
+    V1_ARGS=()
+    for a in "${BENCH_ARGS[@]}"; do [[ "$a" == --compile ]] || V1_ARGS+=("$a"); done
+    [[ "$DEV" == cuda ]] && V1_ARGS+=(--models resnet18)
+    run_part bench_v1 "$limit" "$OUTDIR/step_time_v1.log" \
+      "$PY" benchmarks/step_time.py "${V1_ARGS[@]}" --generator-version 1 --time-budget $((limit > 20 ? limit - 10 : 5)) \
+      --json "$OUTDIR/step_time_v1.json"
+  fi
 fi
 
 # -------------------------------------------------------------------------------------- summary
@@ -211,18 +225,19 @@ SUMMARY="$OUTDIR/summary.txt"
 overall=PASS
 {
   echo "== gpu_check summary: $(date -u +%FT%TZ), $(elapsed)s of ${BUDGET}s, output in $OUTDIR"
-  for part in setup tests golden bench; do
+  for part in setup tests golden bench bench_v1; do
     [[ $part == setup ]] || want "$part" || continue
     st="${STATUS[$part]:-NOT RUN}"
     [[ "$st" == OK || "$st" == PARTIAL ]] || overall=FAIL
     [[ "$st" == PARTIAL && $overall == PASS ]] && overall="PASS (partial step-time table)"
     printf '%-7s %-8s %5ss  %s\n' "$part:" "$st" "${SECS[$part]:-0}" "${DETAIL[$part]:-}"
   done
-  if [[ -f "$OUTDIR/step_time.log" ]]; then
+  for log in "$OUTDIR/step_time.log" "$OUTDIR/step_time_v1.log"; do
+    [[ -f "$log" ]] || continue
     echo
-    grep -m1 '^# step_time' "$OUTDIR/step_time.log"
-    sed -n '/^## summary/,/^$/p' "$OUTDIR/step_time.log"
-  fi
+    grep -m1 '^# step_time' "$log"
+    sed -n '/^## summary/,/^$/p' "$log"
+  done
   [[ "${STATUS[setup]}" == OK && "$DEV" == cpu ]] && echo "NOTE: CPU dry run (GPU_CHECK_ALLOW_CPU=1): no GPU figure here"
   echo "overall: $overall"
 } >"$SUMMARY"

@@ -51,6 +51,9 @@ class Bench:
             "warmup": args.warmup if args.warmup is not None else (10 if self.cuda else 3),
             "gen_reps": args.gen_reps if args.gen_reps is not None else (20 if self.cuda else 5),
         }
+        import rpg_hf
+
+        self.version = args.generator_version or rpg_hf.GENERATOR_VERSION
         self.t_start = time.perf_counter()
         self.compile_cost: list[float] = []  # seconds each compiled model's warm-up took
 
@@ -106,9 +109,11 @@ class Bench:
         if dof is None:
             model = timm.create_model(name, **kw)
         elif f"rpg_{name}" in timm.list_models("rpg_*"):
-            model, how = timm.create_model(f"rpg_{name}", dof=dof, **kw), f"timm.create_model('rpg_{name}')"
+            model = timm.create_model(f"rpg_{name}", dof=dof, generator_version=self.version, **kw)
+            how = f"timm.create_model('rpg_{name}')"
         else:
-            model = rpg_hf.reparameterize(timm.create_model(name, **kw), rpg_hf.RPGSpec(dof=dof))
+            spec = rpg_hf.RPGSpec(dof=dof, generator_version=self.version)
+            model = rpg_hf.reparameterize(timm.create_model(name, **kw), spec)
             how = "rpg_hf.reparameterize"
         model = model.to(self.device)
         if self.channels_last:
@@ -190,10 +195,6 @@ class Bench:
             for pool in (hub.buffers.values() if hub is not None else ()):
                 for buf, _ in pool:
                     add(buf)
-        if gen is not None:  # the opt-in index cache (process-wide; 0 unless a budget is set)
-            from rpg_hf.ops import index_cache
-
-            total += index_cache.used_bytes()
         return total / 2**20
 
     def peak_mib(self, m: dict, step) -> float | None:
@@ -242,7 +243,55 @@ class Bench:
         for r in gen.rings:
             r.grad = None
         out["gen_fwd_ms"], out["gen_bwd_ms"] = statistics.median(fwd), statistics.median(bwd)
+        # the memory floor: as many weights copied into kept buffers, and into fresh memory
+        src = [gg for gs in grads for gg in gs]
+        dst = [torch.empty_like(w) for w in src]
+        copy, alloc_copy = [], []
+        for rep in range(reps + 1):
+            self.sync()
+            t0 = time.perf_counter()
+            for d, w in zip(dst, src, strict=True):
+                d.copy_(w)
+            self.sync()
+            t1 = time.perf_counter()
+            fresh = [torch.empty_like(w).copy_(w) for w in src]
+            self.sync()
+            t2 = time.perf_counter()
+            del fresh
+            if rep:
+                copy.append((t1 - t0) * 1e3)
+                alloc_copy.append((t2 - t1) * 1e3)
+        out["copy_ms"], out["alloc_copy_ms"] = statistics.median(copy), statistics.median(alloc_copy)
         return out
+
+    def eval_forward(self, vanilla, rpg, x) -> dict:
+        """Eval forwards without gradient in alternating turns: RPG reads its cached weights (no ``expand()``)."""
+        torch = self.torch
+        models = {"vanilla": vanilla, "rpg": rpg}
+        for m in models.values():
+            m.eval()
+
+        def forward(m):
+            def run():
+                with torch.no_grad(), self.autocast():
+                    m(x)
+            return run
+
+        steps = {k: forward(m) for k, m in models.items()}
+        try:
+            for k in steps:
+                self.timed(steps[k], max(3, self.cfg["warmup"]))
+            turns = max(5, self.cfg["steps"] * 5)
+            v, r = [], []
+            for i in range(self.cfg["repeats"]):
+                order = ("vanilla", "rpg") if i % 2 == 0 else ("rpg", "vanilla")
+                t = {k: self.turn(steps[k], turns) for k in order}
+                v.append(t["vanilla"])
+                r.append(t["rpg"])
+        finally:
+            for m in models.values():
+                m.train()
+        return {**ratio_stats(v, r), "batch": int(x.shape[0])}
 
     # -- passes
     def compile(self, m: dict) -> None:

@@ -57,7 +57,7 @@ def environment(args, device, amp: bool, channels_last: bool, cfg: dict) -> dict
     import torch
 
     import rpg_hf
-    from rpg_hf.ops import index_cache, requested_backend
+    from rpg_hf.ops import requested_backend
     from rpg_hf.train.files import cpu_name
 
     env = {
@@ -74,7 +74,7 @@ def environment(args, device, amp: bool, channels_last: bool, cfg: dict) -> dict
         "rpg_hf": f"{rpg_hf.__version__} (git {_git()})",
         "python": platform.python_version(),
         "backend": requested_backend(),
-        "index_cache_mib": f"{index_cache.budget_bytes() / 2**20:g}",
+        "generator_version": args.generator_version or rpg_hf.GENERATOR_VERSION,
         "amp": "bf16" if amp else "off",
         "channels_last": "on" if channels_last else "off",
         "cudnn_benchmark": "on" if device.type == "cuda" and torch.backends.cudnn.benchmark else "off",
@@ -130,27 +130,38 @@ def print_memory(rows: dict) -> None:
         return f"{v:>10.2f}" if v is not None else f"{'n/a':>10}"
 
     print("## memory and generation: MiB held between steps (params, grads, buffers, optimizer state, cached "
-          "weights); CUDA peak of one step; generation alone (all rings forward / random weight grads folded back)")
+          "weights); CUDA peak of one step; generation alone (all rings forward / random weight grads folded back) "
+          "and the memory floor: copying as many weights into kept buffers (copy_ms) and into fresh memory "
+          "(alloc_copy_ms, torch.empty_like(w).copy_(w))")
     cols = (f"{PREFIX_COLS} {'van_state':>9} {'rpg_state':>9} {'van_peak':>9} {'rpg_peak':>9} {'gen_fwd_ms':>10} "
-            f"{'gen_bwd_ms':>10} {'generated':>10}")
+            f"{'gen_bwd_ms':>10} {'copy_ms':>8} {'alloc_copy_ms':>13} {'generated':>10}")
     print(cols)
     print("-" * len(cols))
     for r in rows.values():
         if r.get("eager"):
             print(f"{row_prefix(r)} {mib(r['vanilla_state_mib'])} {mib(r['rpg_state_mib'])} {mib(r['vanilla_peak_mib'])} "
-                  f"{mib(r['rpg_peak_mib'])} {ms(r['gen_fwd_ms'])} {ms(r['gen_bwd_ms'])} {r['generated']:>10}")
+                  f"{mib(r['rpg_peak_mib'])} {ms(r['gen_fwd_ms'])} {ms(r['gen_bwd_ms'])} {r.get('copy_ms') or 0:>8.2f} "
+                  f"{r.get('alloc_copy_ms') or 0:>13.2f} {r['generated']:>10}")
+    evals = [r for r in rows.values() if r.get("eval")]
+    if evals:
+        print("## eval forward (no gradient; RPG through its weight cache, no expand()): median ms per forward; "
+              "ratio = median of per-pair rpg/vanilla")
+        print(f"{PREFIX_COLS} {'vanilla_ms':>10} {'rpg_ms':>9} {'ratio':>6} {'min':>6} {'max':>6} "
+              f"{'q1':>6} {'q3':>6} {'pairs':>5}".replace(f"{'batch':>5}", f"{'ebatch':>5}"))
+        for r in evals:
+            print(f"{r['model']:<22} {r['dof']:>9} {r['eval']['batch']:>5} {r['res']:>4} {time_cols(r['eval'])}")
 
 
 def print_summary(rows: dict, compiled: bool) -> None:
     print("## summary: rpg/vanilla step-time ratio, median [min-max] over the pairs")
-    cols = f"{'model':<22} {'dof':>9} {'eager':>22} {'compiled':>22}"
+    cols = f"{'model':<22} {'dof':>9} {'eager':>22} {'compiled':>22} {'eval':>22}"
     print(cols)
     print("-" * len(cols))
     for r in rows.values():
         comp = fmt_ratio(r.get("compiled")) if compiled else "not run"
         if compiled and r.get("compiled_skipped"):
             comp = "skipped"
-        print(f"{r['model']:<22} {r['dof']:>9} {fmt_ratio(r.get('eager')):>22} {comp:>22}")
+        print(f"{r['model']:<22} {r['dof']:>9} {fmt_ratio(r.get('eager')):>22} {comp:>22} {fmt_ratio(r.get('eval')):>22}")
     print(flush=True)
 
 
@@ -161,6 +172,8 @@ def check(rows: dict, limits: dict[str, float | None]) -> int:
         if limit is None:
             continue
         flag = "--check" if key == "eager" else f"--check-{key}"
+        if key == "eval" and not any(r.get("eager") for r in rows.values()):
+            continue
         bad = [r for r in rows.values() if r.get(key) and r[key]["ratio"] > limit]
         missing = [r for r in rows.values() if not r.get(key)]
         for r in bad:

@@ -16,10 +16,15 @@ Defaults.  CPU: resnet18, 64 px, batch 32, N=45K (the CPU speed issue's workload
 and resnet34 at batch 256, vit_base_patch16_224 at batch 128, 224 px, N=45K and 2M, bf16 autocast,
 channels_last, cudnn.benchmark.
 
+Generation alone (every ring forward, then random weight gradients folded back) is printed beside
+a memory floor measured in the same run: copying the same number of weights (``w.copy_(src)`` into
+kept buffers, and ``torch.empty_like(w).copy_(w)`` into fresh memory).  The eval forward
+(``--eval-batch``, no gradient, RPG through its weight cache, no ``expand()``) is timed in pairs too.
+
 Output: one header line ``# step_time v2 | key=value | ...`` with every environment fact (device,
-CPU model, thread count, torch/timm/rpg_hf versions, backend, ...), then tables (``## eager``,
-``## compiled``, ``## memory and generation``, ``## summary``), then ``CHECK OK`` / ``CHECK FAILED``
-lines when ``--check`` is given.  ``--json PATH`` writes the same numbers plus every raw turn time
+CPU model, thread count, torch/timm/rpg_hf versions, backend, generator version, ...), then tables
+(``## eager``, ``## compiled``, ``## memory and generation``, ``## summary``), then ``CHECK OK`` /
+``CHECK FAILED`` lines when ``--check`` / ``--check-compiled`` / ``--check-eval`` is given.  ``--json PATH`` writes the same numbers plus every raw turn time
 (rewritten after each workload, so an interrupted run leaves what it measured).
 
 Exit status: 0; 1 when ``--check``/``--check-compiled`` found a median ratio above the limit;
@@ -74,9 +79,10 @@ def _parse(argv=None):
                    help="generation-only repetitions (default: CPU 5, CUDA 20; 0 skips)")
     p.add_argument("--backend", choices=["auto", "torch", "cpu", "triton"], default=None,
                    help="generation backend (sets RPG_HF_BACKEND; default: the environment's or auto)")
-    p.add_argument("--index-cache-mb", type=float, default=None, metavar="MIB",
-                   help="CPU kernels' opt-in index cache budget (rpg_hf.ops.index_cache; default "
-                        "$RPG_HF_INDEX_CACHE_MB, else 0 = off)")
+    p.add_argument("--generator-version", type=int, default=None,
+                   help="the RPG models' construction (default: rpg_hf.GENERATOR_VERSION, the default of new models)")
+    p.add_argument("--eval-batch", type=int, default=8,
+                   help="batch of the eval-forward comparison (RPG through its weight cache; 0 skips; default 8)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads; default: torch's)")
     p.add_argument("--amp", choices=["auto", "on", "off"], default="auto", help="bf16 autocast (auto: on for CUDA)")
     p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto", help="(auto: on for CUDA)")
@@ -85,6 +91,8 @@ def _parse(argv=None):
                    help="exit 1 when any eager workload's median ratio is above MAX_RATIO")
     p.add_argument("--check-compiled", type=float, default=None, metavar="MAX_RATIO",
                    help="the same for the compiled ratios")
+    p.add_argument("--check-eval", type=float, default=None, metavar="MAX_RATIO",
+                   help="the same for the eval-forward ratios")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                    help="skip workloads (and compiled passes) that would start after SECONDS")
     p.add_argument("--json", default=None, help="write the results as JSON to PATH ('-': stdout)")
@@ -123,6 +131,8 @@ def _eager_one(bench: Bench, vans: dict, name: str, dof: int, x, y, row: dict) -
     row["vanilla_peak_mib"] = bench.peak_mib(van, steps["vanilla"])
     row["rpg_peak_mib"] = bench.peak_mib(rpg, steps["rpg"])
     row.update(bench.generation(rpg["model"]))
+    if bench.args.eval_batch:
+        row["eval"] = bench.eval_forward(van["model"], rpg["model"], x[: bench.args.eval_batch])
     print(f"{report.row_prefix(row)} {report.time_cols(stats)} {row['backend']:>7}", flush=True)
 
 
@@ -211,10 +221,6 @@ def main(argv=None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.index_cache_mb is not None:
-        from rpg_hf.ops import index_cache
-
-        index_cache.set_budget_mb(args.index_cache_mb)
     bench = Bench(args)
     if args.compile:
         dyn = torch._dynamo.config
@@ -238,7 +244,7 @@ def main(argv=None) -> int:
         compiled_pass(bench, rows, errors, dump)
     report.print_memory(rows)
     report.print_summary(rows, args.compile)
-    rc = report.check(rows, {"eager": args.check, "compiled": args.check_compiled})
+    rc = report.check(rows, {"eager": args.check, "compiled": args.check_compiled, "eval": args.check_eval})
     for msg in errors:
         print(f"ERROR {msg}")
     if errors and rc == 0:

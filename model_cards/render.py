@@ -91,7 +91,8 @@ def demo_card(entry: dict[str, Any], manifest: dict[str, Any]):
     args = demo.build_parser().parse_args([])
     with torch.device("meta"):
         model = build_model("rpg", args.arch, num_labels=entry["num_labels"], dof=args.dof, seed=args.seed,
-                            model_args=entry["model_args"], image_size=entry["image_size"], crop_pct=1.0)
+                            model_args=entry["model_args"], image_size=entry["image_size"], crop_pct=1.0,
+                            generator_version=measured.get("generator_version", 1))  # runs before v2: v1
     values = {**vars(args), **measured, "name": entry["name"]}
     rpg, vanilla = measured["rpg"], measured["vanilla"]
     record = {"dataset": entry["dataset"], "split": entry["split"], "top1": rpg["top1"], "top5": rpg["top5"],
@@ -131,6 +132,7 @@ def sweep_card(entry: dict[str, Any], manifest: dict[str, Any]):
     config = RPGConfig(backbone="timm", architecture=entry["arch"], dof=entry["dof"], seed=seed,
                        model_args={"in_chans": data["in_chans"], "channels": proto["channels"]},
                        scope=run["scope"], permute=run["permute"], sign_flip=run["sign_flip"],
+                       generator_version=run.get("generator_version", 1),  # runs recorded before v2: v1
                        num_labels=data["num_classes"], image_size=data["image_size"], crop_pct=1.0)
     with torch.device("meta"):
         model = RPGForImageClassification(config)

@@ -53,7 +53,7 @@ def test_help_of_every_subcommand(capsys):
 def test_convert_and_info(converted):
     assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= set(os.listdir(converted))
     text = run("info", str(converted)).stdout
-    assert "generator_version=1" in text and "compression" in text and "model.safetensors" in text
+    assert f"generator_version={rpg_hf.GENERATOR_VERSION}" in text and "compression" in text and "model.safetensors" in text
     info = json.loads(run("info", str(converted), "--json").stdout)
     assert info["dof"] == 2000 and info["architecture"] == "test_resnet" and info["files"]["model.safetensors"] > 0
     assert rpg_hf.RPGConfig.from_pretrained(converted).spec == rpg_hf.RPGSpec(dof=2000)  # flags not given: defaults

@@ -16,7 +16,7 @@ from rpg_hf.spec import REFERENCE_FAN, SCOPES, SPEC_FIELDS, RPGSpec, add_spec_ar
 # a non-default value of every field (each differs from RPGSpec's default)
 NON_DEFAULT = dict(dof=1234, seed=7, target_types=("Conv2d",), include=(r"layer\d",), exclude=("downsample",),
                    exclude_stem=False, exclude_head=False, scope="block", permute=False, sign_flip=False,
-                   reference_fan=576, linear_std=0.05)
+                   reference_fan=576, linear_std=0.05, generator_version=1)
 TRI_STATE = {"exclude_stem"}
 
 
@@ -25,8 +25,7 @@ def _defaults() -> dict:
 
 
 def test_non_default_values_cover_every_field():
-    # generator_version has a single supported value: it cannot take another one
-    assert set(NON_DEFAULT) == set(SPEC_FIELDS) - {"generator_version"}
+    assert set(NON_DEFAULT) == set(SPEC_FIELDS)
     defaults = _defaults()
     assert all(NON_DEFAULT[k] != defaults[k] for k in NON_DEFAULT if k in defaults)
 
@@ -132,7 +131,7 @@ def test_timm_kwargs_route_every_spec_field():
     model = timm.create_model("rpg_resnet18", num_classes=3, dof=500, exclude_head=False)
     assert model.rpg.spec == RPGSpec(dof=500, exclude_head=False) and model.fc.out_features == 3
     assert "fc" in {layer.name for layer in model.rpg.layers}
-    model = timm.create_model("rpg.test_resnet", num_classes=2, **NON_DEFAULT, generator_version=1)
+    model = timm.create_model("rpg.test_resnet", num_classes=2, **NON_DEFAULT)
     assert model.rpg.spec == RPGSpec(**NON_DEFAULT)
     assert {layer.name.split(".")[0] for layer in model.rpg.layers} <= {"layer1", "layer2", "layer3", "layer4"}
     assert timm.create_model("rpg.test_resnet").rpg.spec == RPGSpec(dof=45_000)  # the entrypoints' default DoF

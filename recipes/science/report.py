@@ -26,9 +26,9 @@ import numpy as np
 import yaml
 
 if __package__:
-    from .verdicts import METHOD_ORDER, _pm, claims
+    from .verdicts import METHOD_ORDER, _pm, claims, generator_versions
 else:  # run as a script: its directory is sys.path[0]
-    from verdicts import METHOD_ORDER, _pm, claims
+    from verdicts import METHOD_ORDER, _pm, claims, generator_versions
 
 from rpg_hf.train.files import write_json, write_text
 
@@ -72,6 +72,9 @@ def _group(runs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "top1_std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
             "train_loss_mean": float(np.mean([r.get("train_loss_last_epoch", float("nan")) for r in rs])),
             "matched_rpg": rs[0].get("matched_rpg"),
+            # runs recorded before version 2 existed name none: version 1 built them
+            "generator_version": (int(rs[0].get("generator_version", 1)) if rs[0].get("method") != "vanilla"
+                                  else None),
         })
     rank = {m: i for i, m in enumerate(METHOD_ORDER)}
     out.sort(key=lambda g: (g["arch"], rank.get(g["method"], len(rank)), g["method"], g["dof"]))
@@ -117,6 +120,7 @@ def summarize(cfg: Mapping[str, Any], grid: Sequence[Mapping[str, Any]], proto: 
         abl_dof = next((r["dof"] for r in grid if r["role"] == "ablation"), None)
         abl_info = {"arch": abl["arch"], "dof": abl_dof, "plain_sharing": abl.get("plain_sharing", "plain-sharing")}
     verdicts = claims(groups, fits, rpg_archs, abl_info)
+    versions = generator_versions(groups)
 
     devices = sorted({r["device"] for r in runs})
     protocol = {
@@ -142,6 +146,7 @@ def summarize(cfg: Mapping[str, Any], grid: Sequence[Mapping[str, Any]], proto: 
         "fits": list(fits.values()),
         "aggregate": groups,
         "claims": verdicts,
+        "generator_versions": versions,
         "compute": {"runs_finished": len(runs), "runs_in_grid": len(grid), "missing": missing,
                     "stale_protocol": stale,
                     "sum_train_seconds": round(sum(r["train_seconds"] for r in runs), 1),
@@ -160,22 +165,23 @@ def summarize(cfg: Mapping[str, Any], grid: Sequence[Mapping[str, Any]], proto: 
         tmp = plot_path.with_name(f".{plot_path.stem}.{os.getpid()}.png")
         scaling.plot_scaling(shown, fit_objs, tmp, vanilla=full_means, title=title)
         os.replace(tmp, plot_path)
-    table = render_table(groups, fits, verdicts, protocol, summary["compute"])
+    table = render_table(groups, fits, verdicts, protocol, summary["compute"], versions)
     write_text(results_dir / "table.md", table)
     write_text(results_dir / "README.md", render_readme(cfg, table, protocol, plot_path.name))
     return summary
 
 
-def render_table(groups, fits, verdicts, protocol, compute) -> str:
+def render_table(groups, fits, verdicts, protocol, compute, versions=None) -> str:
     partial = compute["runs_finished"] < compute["runs_in_grid"]
     lines = [f"**Partial sweep: {compute['runs_finished']} of {compute['runs_in_grid']} runs finished; every "
              "number and verdict below is provisional.**", ""] if partial else []
-    lines += ["| arch | method | width | DoF | params (network) | trainable | seeds | top-1 % (mean ± std) "
+    lines += ["| arch | method | generator | width | DoF | params (network) | trainable | seeds | top-1 % (mean ± std) "
              "| train loss (last epoch) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for g in groups:
         method = g["method"] + (" (full)" if g["role"] == "full" else " (equal-DoF)" if g["role"] == "equal_dof" else "")
-        lines.append(f"| {g['arch']} | {method} | {g['width']} | {g['dof']:,} | {g['params']:,} | "
+        version = f"v{g['generator_version']}" if g.get("generator_version") else "–"
+        lines.append(f"| {g['arch']} | {method} | {version} | {g['width']} | {g['dof']:,} | {g['params']:,} | "
                      f"{g['trainable_params']:,} | {g['n']} | {_pm(g)} | {g['train_loss_mean']:.3f} |")
     lines.append("")
     for f in fits.values():
@@ -184,6 +190,8 @@ def render_table(groups, fits, verdicts, protocol, compute) -> str:
     lines.append("")
     for c in verdicts:
         lines.append(f"- **Claim {c['claim']} — {c['title']}** (paper: {c['paper']}): {c['text']}")
+    if versions:
+        lines.append(f"- **{versions['title']}**: {versions['text']}")
     lines.append("")
     lines.append(f"Runs finished: {compute['runs_finished']} of {compute['runs_in_grid']}"
                  + (f" (missing: {', '.join(compute['missing'])})" if compute["missing"] else "")
@@ -250,6 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"({summary['compute']['runs_finished']} of {summary['compute']['runs_in_grid']} runs)")
     for c in summary["claims"]:
         print(f"claim {c['claim']}: {c['verdict']}")
+    if summary["generator_versions"]:
+        print(f"generator versions: {summary['generator_versions']['verdict']}")
     return 0
 
 

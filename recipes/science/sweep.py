@@ -103,7 +103,7 @@ def build_grid(cfg: Mapping[str, Any]) -> list[dict[str, Any]]:
         c = count(arch, variant.get("scope", "global"))
         return {"arch": arch, "method": method, "role": role, "width": width, "dof": int(dof), "params": c["params"],
                 "trainable_params": int(dof) + c["free_params"], "free_params": c["free_params"],
-                "scope": "global", "permute": True, "sign_flip": True, **variant}
+                "scope": "global", "permute": True, "sign_flip": True, "generator_version": 1, **variant}
 
     base: list[dict[str, Any]] = []
     for arch in cfg.get("vanilla_full") or []:
@@ -125,6 +125,8 @@ def build_grid(cfg: Mapping[str, Any]) -> list[dict[str, Any]]:
         if unknown:
             raise ValueError(f"ablation {name!r}: unknown field(s) {sorted(unknown)}")
         base.append(rpg(abl["arch"], abl["dof"], method=name, role="ablation", **variant))
+    v2 = cfg.get("generator_v2") or {}  # the block construction against version 1's rows at the same DoFs
+    base += [rpg(v2["arch"], d, method="rpg-v2", role="generator_v2", generator_version=2) for d in v2.get("dof", [])]
     extra = cfg.get("extra_seeds") or {}
     wanted = [str(x) for x in extra.get("runs") or []]
     unknown = sorted(set(wanted) - {base_id(r) for r in base})
@@ -206,6 +208,8 @@ def build_model(run: Mapping[str, Any], cfg: Mapping[str, Any], names: Sequence[
     data = cfg.get("dataset") or {}
     method = "vanilla" if run["method"] == "vanilla" else "rpg"
     variant = {k: run[k] for k in ("permute", "sign_flip") if k in run}
+    # runs recorded before generator version 2 existed name none: they were built with version 1
+    variant["generator_version"] = int(run.get("generator_version", 1))
     return build_model(method, run["arch"], num_labels=len(names), id2label=dict(enumerate(names)),
                        dof=int(run["dof"]) if method == "rpg" else 1, seed=int(run["seed"]),
                        scope=run.get("scope", "global"),

@@ -181,3 +181,32 @@ def claims(groups: Sequence[Mapping[str, Any]], fits: Mapping[str, Mapping[str, 
         c4.update(verdict="not tested", text="not tested: no ablation runs next to their RPG reference.")
     out.append(c4)
     return out
+
+
+def generator_versions(groups: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """Generator version 2 (``rpg-v2`` rows) against version 1's RPG rows at the same DoFs.
+
+    Criterion, fixed before the runs: version 2 may stay the default unless at some DoF its mean
+    top-1 is below version 1's by more than the seed spread (sqrt(std_v1² + std_v2²)).
+    """
+    get = {(g["arch"], g["method"], g["dof"]): g for g in groups}
+    pairs = [(get.get((g["arch"], "rpg", g["dof"])), g) for g in groups if g["method"] == "rpg-v2"]
+    pairs = [(v1, v2) for v1, v2 in pairs if v1 is not None]
+    if not pairs:
+        return None
+    points, parts, losses = [], [], 0
+    for v1, v2 in sorted(pairs, key=lambda p: p[1]["dof"]):
+        diff = v2["top1_mean"] - v1["top1_mean"]
+        noise = _noise(v1, v2)
+        lost = _clear(-diff, noise)
+        losses += lost
+        points.append({"arch": v2["arch"], "dof": v2["dof"], "v1_top1": v1["top1_mean"], "v1_std": v1["top1_std"],
+                       "v1_seeds": v1["n"], "v2_top1": v2["top1_mean"], "v2_std": v2["top1_std"],
+                       "v2_seeds": v2["n"], "v2_minus_v1": diff, "noise": noise, "v2_loses": lost})
+        parts.append(f"{v2['dof']:,} DoF: v2 {_pm(v2)}% vs v1 {_pm(v1)}% ({100 * diff:+.2f}, {_beyond(diff, v1, v2)})")
+    verdict = ("version 2 loses beyond the seed spread: keep version 1 as the default" if losses else
+               "no loss beyond the seed spread: version 2 stays the default")
+    text = (f"{verdict} (criterion: at no DoF is version 2's mean below version 1's by more than the seed spread): "
+            + "; ".join(parts) + ".")
+    return {"title": "Generator version 2 (blocks of 32) vs version 1", "verdict": verdict, "text": text,
+            "points": points}

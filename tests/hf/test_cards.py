@@ -225,7 +225,7 @@ def test_render_save_and_parse_back(rpg_resnet, tmp_path):
     assert 'import rpg_hf' in text and 'AutoModelForImageClassification.from_pretrained("rpg-org/test-resnet-rpg")' in text
     assert 'from_pretrained("rpg-org/test-resnet-rpg", trust_remote_code=True)' in text
     assert 'timm.create_model("hf-hub:rpg-org/test-resnet-rpg", pretrained=True)' in text
-    assert "| `generator_version` (pinned) | 1 |" in text and ".expand()" in text
+    assert f"| `generator_version` (pinned) | {rpg_hf.GENERATOR_VERSION} |" in text and ".expand()" in text
     for row in ("| Degrees of freedom (ring entries) | 5,000 |",
                 f"| Generated weights | {info.generated_params:,} (each ring entry used ~74.0x) |",
                 f"| Trainable parameters (DoF + free) | {info.trainable_params:,} |",
@@ -451,7 +451,9 @@ def test_catalogue_metadata_and_measured_results(render, catalogue):
         path = CARDS / f"{entry['name']}.md"
         meta = check_metadata(path)
         text = path.read_text()
-        assert "trust_remote_code=True" in text and "`generator_version` (pinned) | 1 |" in text
+        # the recipes' models are new (the default construction); the demo and sweep runs were version 1
+        version = 1 if entry["kind"] in ("demo", "sweep") else rpg_hf.GENERATOR_VERSION
+        assert "trust_remote_code=True" in text and f"`generator_version` (pinned) | {version} |" in text
         name, results = model_index_to_eval_results(meta["model-index"])
         assert name == entry["name"] and "Figures from the paper (not measured here)" in text
         got = {(r.dataset_type, r.metric_name): r.metric_value for r in results}

@@ -71,11 +71,13 @@ def _logits(model, x):
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    """Ring-only folders written by the package: timm (global ring), ViT, timm with stage rings + int8."""
+    """Ring-only folders written by the package: timm (global ring), ViT, timm with stage rings + int8
+    (generator version 2, the default), and timm built with generator version 1."""
     root = tmp_path_factory.mktemp("remote")
     out = {}
     for name, cfg in [("timm", _timm_cfg()), ("vit", _vit_cfg()),
-                      ("int8", _timm_cfg(dof=3000, scope="stage", ring_dtype="int8", ring_block_size=256))]:
+                      ("int8", _timm_cfg(dof=3000, scope="stage", ring_dtype="int8", ring_block_size=256)),
+                      ("timm-v1", _timm_cfg(generator_version=1))]:
         model = rpg_hf.RPGForImageClassification(cfg).eval()
         with torch.no_grad():  # a trained-looking ring: not the seeded init a fresh load would redraw
             for ring in model.generator.rings:
@@ -339,7 +341,8 @@ def test_trust_remote_code_without_rpg_hf(folders, tmp_path):
     paths = {name: str(path) for name, (path, _) in folders.items()}
     for how in ("dof", "version", "nan"):
         paths[f"bad-{how}"] = str(break_checkpoint(folders["timm"][0], tmp_path, how))
-    paths["two-files"] = str(_two_file_layout(folders["timm"][0], tmp_path / "two-files"))
+    # the old two-file code knows generator version 1 only: a version-1 checkpoint
+    paths["two-files"] = str(_two_file_layout(folders["timm-v1"][0], tmp_path / "two-files"))
     script = tmp_path / "blocked.py"
     script.write_text(BLOCKED)
     # the same thread count as this process: CPU convolutions may round differently with another
@@ -351,12 +354,14 @@ def test_trust_remote_code_without_rpg_hf(folders, tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["rpg_hf_imported"] == []
-    for name in ("timm", "vit", "int8"):
+    for name in ("timm", "vit", "int8", "timm-v1"):
         assert report[name].startswith("transformers_modules.") and report[name].endswith(".modeling_rpg")
         assert torch.equal(torch.load(tmp_path / f"{name}.pt"), _logits(folders[name][1], _x())), name
     timm_logits = _logits(folders["timm"][1], _x())
     assert report["two-files"].endswith(".modeling_rpg") and report["two-files"] != report["timm"]
-    assert torch.equal(torch.load(tmp_path / "two-files.pt"), timm_logits)  # the old layout still loads
+    v1_logits = _logits(folders["timm-v1"][1], _x())
+    assert torch.equal(torch.load(tmp_path / "two-files.pt"), v1_logits)  # the old layout still loads
+    assert not torch.equal(v1_logits, timm_logits)  # the two versions do build different weights
     assert set(REMOTE_CODE_FILES) <= set(report["module_files"])
     assert report["resaved"] == sorted(["config.json", "model.safetensors", "preprocessor_config.json",
                                         *REMOTE_CODE_FILES])

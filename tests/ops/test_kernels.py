@@ -31,12 +31,12 @@ def _auto_backend(monkeypatch):
     monkeypatch.delenv("RPG_HF_BACKEND", raising=False)
 
 
-def _slots(shapes, seed=3, flags=None, start=0, gap=0):
+def _slots(shapes, seed=3, flags=None, start=0, gap=0, version=1):
     """Layers laid end to end (``gap`` leaves holes: starts need not be contiguous)."""
     out = []
     for i, shape in enumerate(shapes):
         permute, sign = flags[i] if flags else (True, True)
-        s = LayerSlot(i, shape, start, 0.37 + 0.5 * i, seed=seed, permute=permute, sign_flip=sign)
+        s = LayerSlot(i, shape, start, 0.37 + 0.5 * i, seed=seed, permute=permute, sign_flip=sign, version=version)
         out.append(s)
         start += s.numel + gap
     return out
@@ -50,7 +50,13 @@ CASES = {
     "large_ring": (5000, [(64, 3, 3, 3), (17, 19), (300,)], None),
     "tiny_ring": (1, [(3, 5), (7,)], None),
     "walks": (1009, [(1_000_003 // 997,), (65_537,), (4097, 3)], None),  # a*b - n large: cycle walking
+    # version 2's edges: fewer than one / two full blocks, a tail, 4097 blocks (cycle walking), a ring
+    # shorter than a block
+    "blocks": (1009, [(31,), (32,), (33,), (64, 2), (65,), (4097 * 32 + 5,), (20, 9, 3, 3)], None),
+    "blocks_tiny_ring": (7, [(70,), (3, 33)], [(True, True), (True, False)]),
+    "blocks_small": (211, [(31,), (33,), (64, 2), (70, 33), (5, 3, 3, 3)], None),  # for the (slow) interpreter
 }
+VERSIONS = pytest.mark.parametrize("version", [1, 2])
 
 
 def _reference_grad(slots, grads, ring_size):
@@ -72,11 +78,12 @@ needs_cpu = pytest.mark.skipif(not cpu.available(), reason=f"C kernels unavailab
 
 
 @needs_cpu
+@VERSIONS
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_cpu_forward_bit_identical(case, dtype):
+def test_cpu_forward_bit_identical(case, dtype, version):
     ring_size, shapes, flags = CASES[case]
-    slots = _slots(shapes, flags=flags, gap=13)
+    slots = _slots(shapes, flags=flags, gap=13, version=version)
     ring = torch.randn(ring_size, dtype=dtype, generator=torch.Generator().manual_seed(1))
     plan = get_plan(slots, ring_size)
     outs = cpu.forward(ring, plan)
@@ -91,11 +98,12 @@ def test_cpu_forward_bit_identical(case, dtype):
 
 
 @needs_cpu
+@VERSIONS
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_cpu_backward_matches_reference(case, threads):
+def test_cpu_backward_matches_reference(case, threads, version):
     ring_size, shapes, flags = CASES[case]
-    slots = _slots(shapes, flags=flags, gap=5)
+    slots = _slots(shapes, flags=flags, gap=5, version=version)
     gen = torch.Generator().manual_seed(2)
     grads = [torch.randn(s.shape, generator=gen) for s in slots]
     grads[len(grads) // 2] = None  # a layer without gradient is skipped
@@ -212,13 +220,14 @@ def tri():
     return module
 
 
-TRITON_CASES = ["mixed", "large_ring", "tiny_ring"]
+TRITON_CASES = ["mixed", "large_ring", "tiny_ring", "blocks_tiny_ring", "blocks_small"]
 
 
+@VERSIONS
 @pytest.mark.parametrize("case", TRITON_CASES)
-def test_triton_forward_bit_identical(tri, case):
+def test_triton_forward_bit_identical(tri, case, version):
     ring_size, shapes, flags = CASES[case]
-    slots = _slots(shapes, flags=flags, gap=13)
+    slots = _slots(shapes, flags=flags, gap=13, version=version)
     ring = torch.randn(ring_size, generator=torch.Generator().manual_seed(4))
     plan = get_plan(slots, ring_size)
     outs = tri.forward(ring, plan)  # all layers in one launch
@@ -230,18 +239,21 @@ def test_triton_forward_bit_identical(tri, case):
         assert o.dtype == torch.bfloat16 and torch.equal(o, generate_layer(ring, s, torch.bfloat16))
 
 
-def test_triton_forward_cycle_walking_and_float64(tri):
-    slots = _slots([(4097,), (2, 3)], seed=9)  # 4097 = 65*64 - 63: many lanes walk
+@VERSIONS
+def test_triton_forward_cycle_walking_and_float64(tri, version):
+    n = 4097 if version == 1 else 4097 * 32  # 4097 = 65*64 - 63 (weights, or blocks): many lanes walk
+    slots = _slots([(n,), (2, 3)], seed=9, version=version)
     ring = torch.randn(333, dtype=torch.float64)
     plan = get_plan(slots, 333)
     for s, o in zip(slots, tri.forward(ring, plan), strict=True):
         assert torch.equal(o, generate_layer(ring, s))
 
 
+@VERSIONS
 @pytest.mark.parametrize("case", TRITON_CASES)
-def test_triton_backward_matches_reference(tri, case):
+def test_triton_backward_matches_reference(tri, case, version):
     ring_size, shapes, flags = CASES[case]
-    slots = _slots(shapes, flags=flags, gap=5)
+    slots = _slots(shapes, flags=flags, gap=5, version=version)
     gen = torch.Generator().manual_seed(5)
     grads = [torch.randn(s.shape, generator=gen) for s in slots]
     grads[1] = None
@@ -253,12 +265,13 @@ def test_triton_backward_matches_reference(tri, case):
                        _reference_grad(slots, low, ring_size))
 
 
-def test_triton_backend_end_to_end(tri, monkeypatch):
+@VERSIONS
+def test_triton_backend_end_to_end(tri, monkeypatch, version):
     """The eager node on the Triton path: per-layer views of one flat launch, gradients folded back."""
     monkeypatch.setattr(ops, "triton_ring", tri)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setenv("RPG_HF_BACKEND", "triton")
-    slots = _slots([(4, 2, 3, 3), (3, 4, 1, 1), (5, 12)], seed=1)
+    slots = _slots([(4, 2, 3, 3), (3, 4, 1, 1), (5, 12)], seed=1, version=version)
     ring = torch.randn(50, requires_grad=True)
     x = torch.randn(2, 2, 5, 5)
 

@@ -246,7 +246,7 @@ def test_summary_aggregates_hand_made_runs(tmp_path):
                                   "sum_train_seconds": 24.0, "sum_eval_seconds": 8.0}
     table = (results / "table.md").read_text()
     full = next(g for g in summary["aggregate"] if g["role"] == "full")
-    assert (f"| cifar_resnet18 | vanilla (full) | 32 | {full['dof']:,} | {full['params']:,} | {full['params']:,} "
+    assert (f"| cifar_resnet18 | vanilla (full) | – | 32 | {full['dof']:,} | {full['params']:,} | {full['params']:,} "
             "| 2 | 82.00 ± 2.83 | 0.750 |") in table
     for text in ("| 63.00 ± 4.24 |", "| 55.00 ± 7.07 |", "| 72.00 ± 1.41 |", "| 69.00 ± 1.41 |", "| 75.00 ± 0.00 |",
                  "| 70.00 ± 0.00 |", "DoF^-0.5000, R² = 1.000 (4 runs", "Runs finished: 16 of 16"):

@@ -6,7 +6,7 @@ module touches a random number generator: keys come from SplitMix64 on Python in
 per-element work is 32-bit hashing and modular additions that are written so that every product
 stays below 2**63 in int64 tensors (or wraps identically in uint32 kernels).
 
-Specification of ``GENERATOR_VERSION = 1`` (a kernel re-implementing it must match bit for bit):
+Specification of generator version 1 (a kernel re-implementing it must match bit for bit):
 
 * ``layer_key(seed, l) = mix64(mix64(seed mod 2**64) XOR mix64(l + 1))`` with ``mix64`` the
   SplitMix64 finaliser (step 0x9E3779B97F4A7C15, then the two multiply-xorshift rounds);
@@ -24,6 +24,24 @@ Specification of ``GENERATOR_VERSION = 1`` (a kernel re-implementing it must mat
 The round functions depend on one half only, so an implementation may tabulate them
 (``a + b`` values per round, about ``2 sqrt(n)``) and gather; this module does.
 
+Specification of generator version 2 (``GENERATOR_VERSION``, the default for new models; version 1 stays supported
+for loading and by choice).  Keys, ``hash32``, the window offsets and ``W_l[j] = m_l · s_l(j) ·
+ring[(o_l + π_l(j)) mod N]`` are those of version 1; π and s work on **blocks of B = 32
+consecutive positions** instead of single weights, so that generation reads the ring in runs of 32
+contiguous entries and hashes once per block (ROAST, ICML 2023; ROBE, MLSys 2022):
+
+* ``n_b = floor(n / B)`` full blocks; position ``j`` is in block ``i = floor(j / B)`` at lane
+  ``u = j mod B``.
+* ``π(j) = B · π1(i) + u`` for ``j < n_b · B``, with ``π1`` version 1's keyed bijection on
+  ``[0, n_b)`` (same ``k_0..k_3``, same grid, same cycle walking); the tail ``j >= n_b · B`` (fewer
+  than B positions) stays in place: ``π(j) = j``.  A bijection on ``[0, n)``, random access in
+  both directions (``π⁻¹(k) = B · π1⁻¹(floor(k / B)) + k mod B`` on the full blocks).
+* sign ``s(j) = -1`` if bit ``u`` of ``hash32(i, k_4)`` is set (``(hash32(i, k_4) >> u) & 1``),
+  else ``+1`` — the tail's block index is ``n_b`` like any other.
+* ``permute=False`` makes π the identity and ``sign_flip=False`` every sign ``+1``, as in version 1.
+
+Every ring entry is still used ⌊T/N⌋ or ⌈T/N⌉ times (the windows and their bijections are as before).
+
 Every ring-only checkpoint carries this file verbatim as ``construction.py``, for its
 ``trust_remote_code`` loader (see :mod:`rpg_hf.hf.remote_code`): so it imports torch and the standard
 library only.
@@ -36,8 +54,9 @@ from dataclasses import dataclass
 
 import torch
 
-GENERATOR_VERSION = 1
-SUPPORTED_GENERATOR_VERSIONS = (1,)
+GENERATOR_VERSION = 2
+SUPPORTED_GENERATOR_VERSIONS = (1, 2)
+BLOCK = 32  # version 2: positions moved together, and signs taken from one hash
 
 MASK32 = 0xFFFFFFFF
 MASK64 = 0xFFFFFFFFFFFFFFFF
@@ -149,6 +168,47 @@ class Permutation:
         return self._walk(k, inverse=True)
 
 
-def negative_signs(j: torch.Tensor, keys: LayerKeys) -> torch.Tensor:
+class BlockPermutation:
+    """Version 2's π on [0, n): whole blocks of :data:`BLOCK` positions moved by version 1's π.
+
+    Index tensors are evaluated one Feistel call per distinct block (consecutive positions share
+    their block), so the reference costs about 1/BLOCK of version 1's rounds.
+    """
+
+    def __init__(self, n: int, keys: LayerKeys, device: torch.device | str = "cpu"):
+        self.n = n
+        self.blocks = n // BLOCK
+        self.perm = Permutation(self.blocks, keys, device) if self.blocks > 1 else None
+
+    def _map(self, j: torch.Tensor, inverse: bool) -> torch.Tensor:
+        if self.perm is None:
+            return j.clone()
+        block, lane = j // BLOCK, j % BLOCK
+        full = block < self.blocks
+        distinct, where = torch.unique_consecutive(block[full], return_inverse=True)
+        moved = (self.perm.inverse if inverse else self.perm.forward)(distinct)
+        out = j.clone()
+        out[full] = moved[where] * BLOCK + lane[full]
+        return out
+
+    def forward(self, j: torch.Tensor) -> torch.Tensor:
+        """π(j) for an int64 tensor of positions in [0, n)."""
+        return self._map(j, inverse=False)
+
+    def inverse(self, k: torch.Tensor) -> torch.Tensor:
+        """π⁻¹(k) for an int64 tensor of window positions in [0, n)."""
+        return self._map(k, inverse=True)
+
+
+def layer_permutation(n: int, keys: LayerKeys, version: int, device: torch.device | str = "cpu"):
+    """π of a layer of ``n`` weights under construction ``version`` (an object with forward/inverse)."""
+    check_generator_version(version)
+    return Permutation(n, keys, device) if version == 1 else BlockPermutation(n, keys, device)
+
+
+def negative_signs(j: torch.Tensor, keys: LayerKeys, version: int = 1) -> torch.Tensor:
     """Boolean mask of the positions whose generated weight is negated (s(j) = -1)."""
-    return (hash32(j, keys.sign) >> 31).bool()
+    if version == 1:
+        return (hash32(j, keys.sign) >> 31).bool()
+    check_generator_version(version)
+    return ((hash32(j // BLOCK, keys.sign) >> (j % BLOCK)) & 1).bool()

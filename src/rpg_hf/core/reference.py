@@ -26,7 +26,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .construction import LayerKeys, Permutation, negative_signs  # relative: see the module docstring
+from .construction import (  # relative: see the module docstring
+    LayerKeys,
+    check_generator_version,
+    layer_permutation,
+    negative_signs,
+)
 
 CHUNK = 1 << 20  # elements per index temporary: bounds the int64 scratch to a few MiB
 
@@ -41,7 +46,9 @@ class LayerSlot:
     """One generated tensor's place in its ring.
 
     ``position`` is the layer's index in the model-wide generated-layer order; it keys π and s,
-    so the same layer gets the same permutation whatever the ring scope.
+    so the same layer gets the same permutation whatever the ring scope.  ``version`` is the
+    construction (:mod:`.construction`); it defaults to 1, the only one before versions were
+    recorded per slot, and every model built by rpg_hf passes its spec's ``generator_version``.
     """
 
     position: int
@@ -51,9 +58,11 @@ class LayerSlot:
     seed: int = 0
     permute: bool = True
     sign_flip: bool = True
+    version: int = 1
     keys: LayerKeys = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        check_generator_version(self.version)
         object.__setattr__(self, "keys", LayerKeys.derive(self.seed, self.position))
         # A float32 multiplier makes ring * m one IEEE float32 product on every device/path.
         object.__setattr__(self, "multiplier", to_float32(self.multiplier))
@@ -66,6 +75,11 @@ class LayerSlot:
         return n
 
 
+def _permutation(slot: LayerSlot, device: torch.device):
+    """The slot's π (None when it does not permute)."""
+    return layer_permutation(slot.numel, slot.keys, slot.version, device) if slot.permute else None
+
+
 def _chunks(n: int, device: torch.device):
     for lo in range(0, n, CHUNK):
         yield torch.arange(lo, min(n, lo + CHUNK), dtype=torch.int64, device=device)
@@ -74,12 +88,12 @@ def _chunks(n: int, device: torch.device):
 def layer_indices(slot: LayerSlot, ring_size: int, device: torch.device | str = "cpu"):
     """Ring index and negation mask of every weight of one layer (tests and reference use)."""
     device = torch.device(device)
-    perm = Permutation(slot.numel, slot.keys, device) if slot.permute else None
+    perm = _permutation(slot, device)
     idx, neg = [], []
     for j in _chunks(slot.numel, device):
         p = perm.forward(j) if perm is not None else j
         idx.append((p + slot.start) % ring_size)
-        neg.append(negative_signs(j, slot.keys) if slot.sign_flip else torch.zeros_like(j, dtype=torch.bool))
+        neg.append(negative_signs(j, slot.keys, slot.version) if slot.sign_flip else torch.zeros_like(j, dtype=torch.bool))
     return torch.cat(idx), torch.cat(neg)
 
 
@@ -87,12 +101,12 @@ def generate_layer(ring: torch.Tensor, slot: LayerSlot, dtype: torch.dtype | Non
     """W_l as a new tensor of ``slot.shape`` (in ``dtype``, default the ring's)."""
     n, size = slot.numel, ring.numel()
     out = torch.empty(n, dtype=ring.dtype, device=ring.device)
-    perm = Permutation(n, slot.keys, ring.device) if slot.permute else None
+    perm = _permutation(slot, ring.device)
     for j in _chunks(n, ring.device):
         p = perm.forward(j) if perm is not None else j
         w = ring[(p + slot.start) % size] * slot.multiplier
         if slot.sign_flip:
-            w = torch.where(negative_signs(j, slot.keys), -w, w)
+            w = torch.where(negative_signs(j, slot.keys, slot.version), -w, w)
         out[j[0] : j[0] + j.numel()] = w
     out = out.view(slot.shape)
     return out if dtype is None or dtype == out.dtype else out.to(dtype)
@@ -104,13 +118,13 @@ def window_grad(grad_w: torch.Tensor, slot: LayerSlot) -> torch.Tensor:
     if not slot.permute and not slot.sign_flip:
         return g * slot.multiplier
     n = slot.numel
-    perm = Permutation(n, slot.keys, g.device) if slot.permute else None
+    perm = _permutation(slot, g.device)
     out = torch.empty(n, dtype=torch.float32, device=g.device)
     for k in _chunks(n, g.device):
         j = perm.inverse(k) if perm is not None else k
         w = g[j] * slot.multiplier
         if slot.sign_flip:
-            w = torch.where(negative_signs(j, slot.keys), -w, w)
+            w = torch.where(negative_signs(j, slot.keys, slot.version), -w, w)
         out[k[0] : k[0] + k.numel()] = w
     return out
 

@@ -15,10 +15,6 @@ includes the CPU's model and flags), else with less.  With OpenMP it runs on tor
 thread pool (same ``libgomp.so.1``), so it neither oversubscribes the cores nor waits for torch's
 spinning workers; without it (or with ``RPG_HF_CPU_OPENMP=0``), it starts
 ``torch.get_num_threads()`` pthreads per call.
-
-With an index cache budget (:mod:`rpg_hf.ops.index_cache`, opt-in) the kernels read each cached
-layer's stored codes instead of recomputing the Feistel rounds and the sign hash; the values and
-the summation order do not change.
 """
 
 from __future__ import annotations
@@ -37,7 +33,6 @@ from pathlib import Path
 
 import torch
 
-from rpg_hf.ops import index_cache
 from rpg_hf.ops.plan import RingPlan
 
 # The kernel sources (package data beside this file): rpg_cpu.c includes rpg_cpu_tables.h.
@@ -99,13 +94,11 @@ def _build(cc: str, flags: list[str], target: Path) -> None:
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     i64, ptr, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
     lib.rpg_abi_version.restype = c_int
-    lib.rpg_forward.argtypes = [c_int, ptr, i64, i64, ptr, ptr, ptr, ptr, c_int]
+    lib.rpg_forward.argtypes = [c_int, ptr, i64, i64, ptr, ptr, ptr, c_int]
     lib.rpg_forward.restype = c_int
-    lib.rpg_backward.argtypes = [c_int, ptr, i64, i64, ptr, ptr, ptr, ptr, c_int]
+    lib.rpg_backward.argtypes = [c_int, ptr, i64, i64, ptr, ptr, ptr, c_int]
     lib.rpg_backward.restype = c_int
-    lib.rpg_codes.argtypes = [i64, i64, ptr, ptr, c_int]
-    lib.rpg_codes.restype = c_int
-    if lib.rpg_abi_version() != 4:
+    if lib.rpg_abi_version() != 6:
         raise RuntimeError("unexpected rpg_cpu ABI version")
     return lib
 
@@ -180,20 +173,6 @@ def _ptrs(tensors) -> ctypes.Array:
     return (ctypes.c_void_p * max(1, len(tensors)))(*[(t.data_ptr() if t is not None else None) for t in tensors])
 
 
-def _build_codes(plan: RingPlan, outs: list[torch.Tensor | None]) -> None:
-    """Fill ``outs`` (int32, one per layer, None: skipped) with the layers' codes (see :mod:`.index_cache`)."""
-    lib = load()
-    assert lib is not None
-    if lib.rpg_codes(plan.ring_size, plan.num_layers, plan.meta.data_ptr(), _ptrs(outs), _threads()) != 0:
-        raise MemoryError("rpg_codes: out of memory for its scratch tables")
-
-
-def _codes(plan: RingPlan):
-    """The index cache's codes for ``plan`` as a pointer array, or None (cache off: nothing cached)."""
-    codes = index_cache.lookup(plan, _build_codes)
-    return None if codes is None or all(c is None for c in codes) else _ptrs(codes)
-
-
 def forward(ring: torch.Tensor, plan: RingPlan, dtype: torch.dtype | None = None,
             out: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, ...]:
     """Every layer of ``plan`` generated from ``ring`` (a CPU float32/float64 tensor), one tensor each.
@@ -214,7 +193,7 @@ def forward(ring: torch.Tensor, plan: RingPlan, dtype: torch.dtype | None = None
     mult = plan.mult(ring.dtype)
     meta = plan.meta
     rc = lib.rpg_forward(_DTYPES[ring.dtype], ring.data_ptr(), plan.ring_size, plan.num_layers,
-                         meta.data_ptr(), mult.data_ptr(), _ptrs(outs), _codes(plan), _threads())
+                         meta.data_ptr(), mult.data_ptr(), _ptrs(outs), _threads())
     if rc != 0:
         raise MemoryError("rpg_forward: out of memory for its scratch tables")
     if dtype is not None and dtype != ring.dtype:
@@ -231,7 +210,7 @@ def backward(grads, plan: RingPlan, ring_dtype: torch.dtype) -> torch.Tensor:
     acc = torch.zeros(plan.ring_size, dtype=acc_dtype)
     mult = plan.mult(acc_dtype)
     rc = lib.rpg_backward(_DTYPES[acc_dtype], acc.data_ptr(), plan.ring_size, plan.num_layers,
-                          plan.meta.data_ptr(), mult.data_ptr(), _ptrs(gs), _codes(plan), _threads())
+                          plan.meta.data_ptr(), mult.data_ptr(), _ptrs(gs), _threads())
     if rc != 0:
         raise MemoryError("rpg_backward: out of memory for its scratch tables")
     return acc if acc_dtype == ring_dtype else acc.to(ring_dtype)

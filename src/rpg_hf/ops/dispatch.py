@@ -212,14 +212,16 @@ class _LayerWeight(torch.autograd.Function):
 def _describe(slots: tuple[LayerSlot, ...]) -> tuple[list[int], list[float], list[int]]:
     """Plain ints/floats that rebuild ``slots``: the custom op's arguments (no Python objects).
 
-    ``desc`` = per layer: position, start, flags, seed (two 32-bit halves: the keys use seed mod 2**64);
+    ``desc`` = per layer: position, start, flags (permute | sign flip << 1 | generator version << 2),
+    seed (two 32-bit halves: the keys use seed mod 2**64);
     ``shapes`` = per layer its number of dimensions followed by the dimensions.
     """
     desc: list[int] = []
     shapes: list[int] = []
     for s in slots:
         seed = s.seed & MASK64
-        desc += [s.position, s.start, int(s.permute) | (int(s.sign_flip) << 1), seed >> 32, seed & MASK32]
+        desc += [s.position, s.start, int(s.permute) | (int(s.sign_flip) << 1) | (s.version << 2), seed >> 32,
+                 seed & MASK32]
         shapes += [len(s.shape), *s.shape]
     return desc, [float(s.multiplier) for s in slots], shapes
 
@@ -237,7 +239,7 @@ def _unpack_shapes(shapes) -> list[tuple[int, ...]]:
 def _plan_from_desc(desc: tuple[int, ...], mults: tuple[float, ...], shapes: tuple[int, ...], ring_size: int):
     slots = tuple(
         LayerSlot(desc[i], shape, desc[i + 1], m, (desc[i + 3] << 32) | desc[i + 4], bool(desc[i + 2] & 1),
-                  bool(desc[i + 2] & 2))
+                  bool(desc[i + 2] & 2), desc[i + 2] >> 2)
         for i, m, shape in zip(range(0, len(desc), 5), mults, _unpack_shapes(shapes), strict=True)
     )
     return get_plan(slots, ring_size)

@@ -1,7 +1,9 @@
 """The packed per-ring layer table shared by the CPU and Triton kernels.
 
-A :class:`RingPlan` is O(layers): per layer its size ``n``, Feistel grid ``(a, b)``, window
-offset ``o = start mod N``, flags and the five 32-bit sub-keys, plus the float32 multiplier.
+A :class:`RingPlan` is O(layers): per layer its size ``n``, Feistel grid ``(a, b)`` (of the ``n``
+weights in generator version 1, of the ``floor(n / 32)`` blocks in version 2), window offset
+``o = start mod N``, flags (permute, sign flip, version 2) and the five 32-bit sub-keys, plus the
+float32 multiplier.
 It is *not* an index table: every index and sign is recomputed from it on the fly.  Plans are
 cached per (slots, ring size); the device copies of the table are cached on the plan.
 """
@@ -13,12 +15,13 @@ from collections.abc import Sequence
 
 import torch
 
-from rpg_hf.core.construction import grid_shape
+from rpg_hf.core.construction import BLOCK, grid_shape
 from rpg_hf.core.reference import LayerSlot
 
 META_WIDTH = 10  # n, a, b, o, flags, k0, k1, k2, k3, k_sign
 FLAG_PERMUTE = 1
 FLAG_SIGN = 2
+FLAG_BLOCKS = 4  # generator version 2: blocks of BLOCK weights (a, b: the grid of the n // BLOCK blocks)
 
 
 class RingPlan:
@@ -34,14 +37,22 @@ class RingPlan:
         self.total = sum(self.numels)
         rows = []
         for s in slots:
-            a, b = grid_shape(s.numel)
-            flags = (FLAG_PERMUTE if s.permute else 0) | (FLAG_SIGN if s.sign_flip else 0)
+            blocks = s.version == 2
+            a, b = grid_shape(max(1, s.numel // BLOCK) if blocks else s.numel)
+            # a version-2 layer of fewer than two full blocks has nothing to permute
+            permute = s.permute and (s.numel >= 2 * BLOCK if blocks else True)
+            flags = (FLAG_PERMUTE if permute else 0) | (FLAG_SIGN if s.sign_flip else 0) | (FLAG_BLOCKS if blocks else 0)
             rows.append([s.numel, a, b, s.start % ring_size, flags, *s.keys.rounds, s.keys.sign])
         self.meta_rows = rows
         self.meta = torch.tensor(rows, dtype=torch.int64).reshape(len(slots), META_WIDTH)
         self.multipliers = tuple(float(s.multiplier) for s in slots)  # float32-exact values
         self._mult: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
         self._device: dict[tuple[str, torch.device], torch.Tensor] = {}
+
+    @property
+    def versions(self) -> frozenset[int]:
+        """The generator versions of the plan's layers (a model has one; kernels may handle each)."""
+        return frozenset(s.version for s in self.slots)
 
     @property
     def num_layers(self) -> int:

@@ -30,10 +30,10 @@
  *   ring-sized buffers, one per *part* of the work (about 4 parts per thread, taken dynamically),
  *   summed in part order afterwards: no atomics, deterministic for a given thread count.  The GPU
  *   kernel gathers through π⁻¹ instead (there, scatters would need atomics).
- * * Opt-in codes (rpg_hf/ops/index_cache.py): ``rpg_codes`` stores per element the padded-ring
- *   index | sign << 31 that the tile loop computes; forward and backward given a layer's codes read
- *   them instead (the rounds and the hash are ~2.5 of ~4.5 ns per element).  Same values, same
- *   order of accumulation: bit-identical to recomputing.
+ * * Generator version 2 (blocks of 32 weights): one Feistel evaluation and one sign hash per block
+ *   (tables of ``2 (a + b)`` entries for the block grid), then 32 contiguous ring reads and writes —
+ *   memory speed.  Its ring offset ``(o + 32 p) mod N`` needs one conditional subtraction when the
+ *   layer is not longer than the ring.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -45,67 +45,53 @@
 
 #include "rpg_cpu_tables.h"
 
-/* Element range of a chunk: rows [lo, hi) of a permuted layer, else elements [lo, hi). */
+/* Element range of a chunk: blocks [lo, hi) of a version-2 layer, rows [lo, hi) of a permuted one, else elements. */
 static inline int64_t chunk_lo(const layer_t *ly, const chunk_t *ch) {
-    return ly->permute ? ch->lo * (int64_t)ly->b : ch->lo;
+    return ly->blocks ? ch->lo * VB : ly->permute ? ch->lo * (int64_t)ly->b : ch->lo;
 }
 static inline int64_t chunk_hi(const layer_t *ly, const chunk_t *ch) {
-    int64_t hi = ly->permute ? ch->hi * (int64_t)ly->b : ch->hi;
+    int64_t hi = ly->blocks ? ch->hi * VB : ly->permute ? ch->hi * (int64_t)ly->b : ch->hi;
     return hi < ly->n ? hi : ly->n;
 }
 
-/* ---- codes: what forward and backward compute per element, stored (the opt-in index cache) ----
-   code[j] = the padded-ring index of element j (< N + b, below 2**31) | s(j) << 31.  Reading codes
-   instead of recomputing them changes no value and no summation order: both paths are bit-identical. */
-static void codes_chunk(job_t *job, const chunk_t *ch) {
-    const layer_t *ly = &job->layers[ch->layer];
-    uint32_t *codes = job->codes[ch->layer];
-    if (!codes) return;
-    if (!ly->permute) {
-        int64_t idx = (ly->o + ch->lo % job->N) % job->N;
-        for (int64_t j = ch->lo; j < ch->hi; j++) {
-            uint32_t s = ly->sign ? hash32((uint32_t)j, ly->ks) >> 31 : 0;
-            codes[j] = (uint32_t)idx | s << 31;
-            if (++idx == job->N) idx = 0;
-        }
-        return;
-    }
-    const uint32_t b = ly->b;
-    for (int64_t x0 = ch->lo; x0 < ch->hi; x0++) {
-        int64_t j0 = x0 * (int64_t)b;
-        uint32_t ylim = (uint32_t)(ly->n - j0 < (int64_t)b ? ly->n - j0 : (int64_t)b);
-        for (uint32_t y0 = 0; y0 < ylim; y0 += TILE) {
-            uint32_t cnt = ylim - y0 < TILE ? ylim - y0 : TILE;
-            uint32_t *restrict c = codes + j0 + y0;
-            tile_indices(ly, (uint32_t)x0, y0, cnt, c, NULL, 0);
-            if (ly->sign) {
-                uint32_t jb = (uint32_t)(j0 + y0);
-                for (uint32_t t = 0; t < cnt; t++) c[t] |= (hash32(jb + t, ly->ks) >> 31) << 31;
-            }
-        }
-    }
-}
-
-/* ---- forward: out[j] = s(j) * (ring[(o + pi(j)) mod N] * m) ---- */
-
-/* From cached codes: k = code & 0x7FFFFFFF (minus N when it passed the end of an unpadded ring),
-   then the same product and sign-bit flip as below.  Separate functions so that they vectorize
-   (one 16-lane gather of the ring per 16 elements with AVX-512). */
-#define DEFINE_FORWARD_CODES(NAME, T, UINT)                                                    \
-static void NAME(const T *restrict ring, const T m, const uint32_t *restrict codes,           \
-                 T *restrict out, int64_t lo, int64_t hi, uint32_t n_ring) {                  \
-    UINT *restrict ob = (UINT *)out;                                                           \
-    for (int64_t j = lo; j < hi; j++) {                                                        \
-        uint32_t c = codes[j], k = c & 0x7FFFFFFFu;                                            \
-        k = k >= n_ring ? k - n_ring : k;                                                      \
-        T v = ring[k] * m;                                                                     \
-        UINT u;                                                                                \
-        memcpy(&u, &v, sizeof u);                                                              \
-        ob[j] = u ^ ((UINT)(c >> 31) << (8 * sizeof(T) - 1));                                  \
+/* ---- version 2 forward: block i of the layer is ring[base .. base + 32) * m, lane t negated when
+   bit t of hash32(i, k_sign) is set; base = (o + 32 * pi1(i)) mod N.  Contiguous reads and writes. ---- */
+#define DEFINE_FORWARD_BLOCKS(NAME, T, UINT)                                                   \
+static void NAME(job_t *job, const chunk_t *ch) {                                              \
+    const layer_t *ly = &job->layers[ch->layer];                                               \
+    const T *ring = (const T *)job->ring;                                                      \
+    const T m = ((const T *)job->mult)[ch->layer];                                             \
+    UINT *out = (UINT *)job->ptrs[ch->layer];                                                  \
+    const int64_t N = job->N;                                                                  \
+    const int shift = 8 * (int)sizeof(T) - 1;                                                  \
+    block_walk_t walk = block_walk(ly, ch->lo);                                                \
+    for (int64_t i = ch->lo; i < ch->hi; i++) {                                                \
+        int64_t base = block_base(N, ly, block_next(ly, &walk, i));                            \
+        uint32_t h = ly->sign ? hash32((uint32_t)i, ly->ks) : 0;                               \
+        int64_t j0 = i * VB, cnt = ly->n - j0 < VB ? ly->n - j0 : VB;                          \
+        UINT *restrict ob = out + j0;                                                          \
+        if (cnt == VB && (!job->wrap || base + VB <= N)) {                                     \
+            const T *restrict src = ring + base;                                               \
+            for (int t = 0; t < VB; t++) {                                                     \
+                T v = src[t] * m;                                                              \
+                UINT u;                                                                        \
+                memcpy(&u, &v, sizeof u);                                                      \
+                ob[t] = u ^ ((UINT)((h >> t) & 1u) << shift);                                  \
+            }                                                                                  \
+        } else {                                                                               \
+            for (int64_t t = 0; t < cnt; t++) {                                                \
+                int64_t k = base + t;                                                          \
+                if (job->wrap && k >= N) k -= N;                                               \
+                T v = ring[k] * m;                                                             \
+                UINT u;                                                                        \
+                memcpy(&u, &v, sizeof u);                                                      \
+                ob[t] = u ^ ((UINT)((h >> t) & 1u) << shift);                                  \
+            }                                                                                  \
+        }                                                                                      \
     }                                                                                          \
 }
-DEFINE_FORWARD_CODES(forward_chunk_f32_codes, float, uint32_t)
-DEFINE_FORWARD_CODES(forward_chunk_f64_codes, double, uint64_t)
+DEFINE_FORWARD_BLOCKS(forward_chunk_f32_blocks, float, uint32_t)
+DEFINE_FORWARD_BLOCKS(forward_chunk_f64_blocks, double, uint64_t)
 
 #define DEFINE_FORWARD(NAME, T, UINT)                                                          \
 static void NAME(job_t *job, const chunk_t *ch) {                                              \
@@ -114,10 +100,8 @@ static void NAME(job_t *job, const chunk_t *ch) {                               
     const T m = ((const T *)job->mult)[ch->layer];                                             \
     T *out = (T *)job->ptrs[ch->layer];                                                        \
     const UINT signbit = (UINT)1 << (8 * sizeof(T) - 1);                                       \
-    const uint32_t *codes = job->codes ? job->codes[ch->layer] : NULL;                         \
-    if (codes) {                                                                               \
-        NAME##_codes(ring, m, codes, out, chunk_lo(ly, ch), chunk_hi(ly, ch),                  \
-                     job->wrap ? (uint32_t)job->N : 0xFFFFFFFFu);                              \
+    if (ly->blocks) {                                                                          \
+        NAME##_blocks(job, ch);                                                                \
         return;                                                                                \
     }                                                                                          \
     if (!ly->permute) {                                                                        \
@@ -164,6 +148,34 @@ DEFINE_FORWARD(forward_chunk_f64, double, uint64_t)
 
 /* ---- backward: acc[(o + pi(j)) mod N] += s(j) * (g[j] * m), into a padded private buffer ---- */
 
+/* ---- version 2 backward: acc[base + t] += s(j) * (g[j] * m) over each block's 32 lanes (acc is padded
+   by at least 32 entries, so a block never wraps inside it) ---- */
+#define DEFINE_BACKWARD_BLOCKS(NAME, T, UINT)                                                  \
+static void NAME(job_t *job, const chunk_t *ch, T *restrict acc) {                             \
+    const layer_t *ly = &job->layers[ch->layer];                                               \
+    const T *g = (const T *)job->ptrs[ch->layer];                                              \
+    const T m = ((const T *)job->mult)[ch->layer];                                             \
+    const int shift = 8 * (int)sizeof(T) - 1;                                                  \
+    block_walk_t walk = block_walk(ly, ch->lo);                                                \
+    for (int64_t i = ch->lo; i < ch->hi; i++) {                                                \
+        int64_t base = block_base(job->N, ly, block_next(ly, &walk, i));                       \
+        uint32_t h = ly->sign ? hash32((uint32_t)i, ly->ks) : 0;                               \
+        int64_t j0 = i * VB, cnt = ly->n - j0 < VB ? ly->n - j0 : VB;                          \
+        const T *restrict gi = g + j0;                                                         \
+        T *restrict dst = acc + base;                                                          \
+        for (int64_t t = 0; t < cnt; t++) {                                                    \
+            T v = gi[t] * m;                                                                   \
+            UINT u;                                                                            \
+            memcpy(&u, &v, sizeof u);                                                          \
+            u ^= (UINT)((h >> t) & 1u) << shift;                                               \
+            memcpy(&v, &u, sizeof u);                                                          \
+            dst[t] += v;                                                                       \
+        }                                                                                      \
+    }                                                                                          \
+}
+DEFINE_BACKWARD_BLOCKS(backward_chunk_f32_blocks, float, uint32_t)
+DEFINE_BACKWARD_BLOCKS(backward_chunk_f64_blocks, double, uint64_t)
+
 #define DEFINE_BACKWARD(NAME, T, UINT)                                                         \
 static void NAME(job_t *job, const chunk_t *ch, T *restrict acc) {                             \
     const layer_t *ly = &job->layers[ch->layer];                                               \
@@ -171,18 +183,8 @@ static void NAME(job_t *job, const chunk_t *ch, T *restrict acc) {              
     const T m = ((const T *)job->mult)[ch->layer];                                             \
     const UINT signbit = (UINT)1 << (8 * sizeof(T) - 1);                                       \
     if (!g) return;                                                                            \
-    const uint32_t *codes = job->codes ? job->codes[ch->layer] : NULL;                         \
-    if (codes) {                                                                               \
-        int64_t lo = chunk_lo(ly, ch), hi = chunk_hi(ly, ch);                                  \
-        for (int64_t j = lo; j < hi; j++) {                                                    \
-            uint32_t c = codes[j];                                                             \
-            T v = g[j] * m;                                                                    \
-            UINT u;                                                                            \
-            memcpy(&u, &v, sizeof u);                                                          \
-            u ^= (UINT)(c >> 31) << (8 * sizeof(T) - 1);                                       \
-            memcpy(&v, &u, sizeof u);                                                          \
-            acc[c & 0x7FFFFFFFu] += v;                                                         \
-        }                                                                                      \
+    if (ly->blocks) {                                                                          \
+        NAME##_blocks(job, ch, acc);                                                           \
         return;                                                                                \
     }                                                                                          \
     if (!ly->permute) {                                                                        \
@@ -222,16 +224,6 @@ DEFINE_BACKWARD(backward_chunk_f32, float, uint32_t)
 DEFINE_BACKWARD(backward_chunk_f64, double, uint64_t)
 
 /* ---- threads ---- */
-
-static void *codes_worker(void *arg) {
-    job_t *job = (job_t *)arg;
-    for (;;) {
-        int64_t c = __atomic_fetch_add(&job->next, 1, __ATOMIC_RELAXED);
-        if (c >= job->nchunks) break;
-        codes_chunk(job, &job->chunks[c]);
-    }
-    return NULL;
-}
 
 static void *forward_worker(void *arg) {
     job_t *job = (job_t *)arg;
@@ -329,27 +321,13 @@ static void run_threads(void *(*fn)(void *), void *args, size_t stride, int nthr
     }
 }
 
-int rpg_abi_version(void) { return 4; }
-
-int rpg_codes(int64_t N, int64_t L, const int64_t *meta, uint32_t **codes, int nthreads) {
-    job_t job;
-    memset(&job, 0, sizeof(job));
-    job.L = L; job.N = N; job.codes = codes;
-    if (setup(&job, meta)) { free_job(&job); return 1; }
-    int64_t total = 0;
-    for (int64_t l = 0; l < L; l++) if (codes[l]) total += job.layers[l].n;
-    nthreads = clamp_threads(nthreads, total);
-    run_threads(codes_worker, &job, 0, nthreads);
-    free_job(&job);
-    return 0;
-}
+int rpg_abi_version(void) { return 6; }
 
 int rpg_forward(int dtype, const void *ring, int64_t N, int64_t L, const int64_t *meta,
-                const void *mult, void **outs, uint32_t **codes, int nthreads) {
+                const void *mult, void **outs, int nthreads) {
     job_t job;
     memset(&job, 0, sizeof(job));
-    job.L = L; job.N = N; job.mult = mult; job.ptrs = outs; job.dtype = dtype; job.codes = codes;
-    job.codes_in = codes != NULL;
+    job.L = L; job.N = N; job.mult = mult; job.ptrs = outs; job.dtype = dtype;
     if (setup(&job, meta)) { free_job(&job); return 1; }
     size_t esize = dtype == 0 ? sizeof(float) : sizeof(double);
     char *padded = NULL; /* only tiny rings (N < the widest row) are read through a padded copy */
@@ -374,11 +352,10 @@ int rpg_forward(int dtype, const void *ring, int64_t N, int64_t L, const int64_t
 }
 
 int rpg_backward(int dtype, void *acc, int64_t N, int64_t L, const int64_t *meta,
-                 const void *mult, void **grads, uint32_t **codes, int nthreads) {
+                 const void *mult, void **grads, int nthreads) {
     job_t job;
     memset(&job, 0, sizeof(job));
-    job.L = L; job.N = N; job.mult = mult; job.ptrs = grads; job.dtype = dtype; job.codes = codes;
-    job.codes_in = codes != NULL;
+    job.L = L; job.N = N; job.mult = mult; job.ptrs = grads; job.dtype = dtype;
     if (setup(&job, meta)) { free_job(&job); return 1; }
     size_t esize = dtype == 0 ? sizeof(float) : sizeof(double);
     job.prefetch = (int64_t)esize * N > PREFETCH_BYTES;
@@ -403,11 +380,7 @@ int rpg_backward(int dtype, void *acc, int64_t N, int64_t L, const int64_t *meta
         while (c < job.nchunks && (p == nparts - 1 || seen < goal)) {
             const chunk_t *ch = &job.chunks[c];
             const layer_t *ly = &job.layers[ch->layer];
-            if (grads[ch->layer]) {
-                int64_t lo = ly->permute ? ch->lo * (int64_t)ly->b : ch->lo;
-                int64_t hi = ly->permute ? ch->hi * (int64_t)ly->b : ch->hi;
-                seen += (hi < ly->n ? hi : ly->n) - lo;
-            }
+            if (grads[ch->layer]) seen += chunk_hi(ly, ch) - chunk_lo(ly, ch);
             c++;
         }
     }

@@ -15,6 +15,8 @@
 #define TILE 512
 #define MAX_THREADS 64
 #define PREFETCH_BYTES (1 << 20)
+#define VB 32                            /* generator version 2: weights per block */
+#define BLOCKS_PER_CHUNK (CHUNK_ELEMS / VB)
 
 /* v mod d for 32-bit v and d >= 1 (Lemire's fastmod): two multiplications instead of a division */
 static inline uint64_t fastmod_m(uint32_t d) { return UINT64_C(0xFFFFFFFFFFFFFFFF) / d + 1; }
@@ -35,7 +37,7 @@ static inline uint32_t hash32(uint32_t v, uint32_t k) {
 typedef struct {
     int64_t n, o;
     uint32_t a, b;
-    int permute, sign, tables; /* tables: round tables built (permuted, and no cached codes read) */
+    int permute, sign, tables; /* tables: version 1's round tables built (a permuted version-1 layer) */
     uint32_t ks;
     uint16_t *t0;   /* [b]  round 0, indexed by y,       values < a */
     uint16_t *t1e;  /* [2a] round 1, indexed by x < 2a,  values < b */
@@ -43,9 +45,13 @@ typedef struct {
     uint16_t *modb; /* [3b] v mod b */
     uint64_t *w;    /* [3a] ring offset of row (x mod a), bit 31 set on a partial last row | round 3 << 32 */
     uint32_t r_last, last; /* ring offset of the last row, and how many of its b entries are < n */
+    int blocks;     /* generator version 2: (a, b) is the grid of the nb = n / VB full blocks */
+    uint32_t nb;
+    uint32_t *bt;   /* version 2, permuted: round tables t0[b] < a, t1[a] < b, t2[b] < a, t3[a] < b */
 } layer_t;
 
-typedef struct { int64_t layer, lo, hi; } chunk_t; /* rows [lo, hi) of a permuted layer, else elements */
+typedef struct { int64_t layer, lo, hi; } chunk_t; /* blocks [lo, hi) of a version-2 layer, rows [lo, hi)
+                                                      of a permuted version-1 layer, else elements */
 
 typedef struct {
     int64_t L, N, pad;
@@ -58,8 +64,6 @@ typedef struct {
     int wrap;          /* forward: indices in [N, N + pad) wrap by one subtraction (ring not padded) */
     const void *mult;
     void **ptrs;       /* forward: per-layer outputs; backward: per-layer gradients (NULL: skipped) */
-    uint32_t **codes;  /* per-layer cached codes (padded-ring index | sign << 31), NULL: computed on the fly */
-    int codes_in;      /* 1: codes are read (forward/backward), so their layers need no round tables */
     int dtype;         /* 0: float32, 1: float64 */
     int prefetch;
 } job_t;
@@ -81,8 +85,15 @@ static int setup(job_t *job, const int64_t *meta) {
         ly->n = m[0]; ly->a = (uint32_t)m[1]; ly->b = (uint32_t)m[2]; ly->o = m[3];
         ly->permute = (int)(m[4] & 1); ly->sign = (int)((m[4] >> 1) & 1);
         ly->ks = (uint32_t)m[9];
-        ly->tables = ly->permute && !(job->codes_in && job->codes[l]);
-        if (ly->permute) {
+        ly->tables = ly->permute;
+        ly->blocks = (int)((m[4] >> 2) & 1);
+        if (ly->blocks) {
+            ly->tables = 0;
+            ly->nb = (uint32_t)(ly->n / VB);
+            if (ly->permute) bytes += 4 * 2 * ((int64_t)ly->a + (int64_t)ly->b) + 64;
+            if (pad < VB) pad = VB;
+            nchunks += ((ly->n + VB - 1) / VB + BLOCKS_PER_CHUNK - 1) / BLOCKS_PER_CHUNK;
+        } else if (ly->permute) {
             if (ly->tables) bytes += 8 * 3 * (int64_t)ly->a + 2 * (6 * (int64_t)ly->b + 2 * (int64_t)ly->a) + 64;
             if ((int64_t)ly->b > pad) pad = ly->b;
             int64_t rows = CHUNK_ELEMS / ly->b; if (rows < 1) rows = 1;
@@ -100,6 +111,21 @@ static int setup(job_t *job, const int64_t *meta) {
     for (int64_t l = 0; l < L; l++) {
         const int64_t *m = meta + l * META_WIDTH;
         layer_t *ly = &job->layers[l];
+        if (ly->blocks && ly->permute) {
+            uint32_t a = ly->a, b = ly->b;
+            w = (char *)(((uintptr_t)w + 7) & ~(uintptr_t)7);
+            ly->bt = (uint32_t *)w; w += 4 * 2 * ((size_t)a + b);
+            uint32_t *t0 = ly->bt, *t1 = t0 + b, *t2 = t1 + a, *t3 = t2 + b;
+            uint64_t ma = fastmod_m(a), mb = fastmod_m(b);
+            for (uint32_t y = 0; y < b; y++) {
+                t0[y] = fastmod(hash32(y, (uint32_t)m[5]), ma, a);
+                t2[y] = fastmod(hash32(y, (uint32_t)m[7]), ma, a);
+            }
+            for (uint32_t x = 0; x < a; x++) {
+                t1[x] = fastmod(hash32(x, (uint32_t)m[6]), mb, b);
+                t3[x] = fastmod(hash32(x, (uint32_t)m[8]), mb, b);
+            }
+        }
         if (ly->tables) {
             uint32_t a = ly->a, b = ly->b;
             uint32_t k0 = (uint32_t)m[5], k1 = (uint32_t)m[6], k2 = (uint32_t)m[7], k3 = (uint32_t)m[8];
@@ -127,7 +153,13 @@ static int setup(job_t *job, const int64_t *meta) {
                 if (r >= N) r -= N;
             }
         }
-        if (ly->permute) {
+        if (ly->blocks) {
+            int64_t nblk = (ly->n + VB - 1) / VB;
+            for (int64_t i = 0; i < nblk; i += BLOCKS_PER_CHUNK) {
+                job->chunks[c].layer = l; job->chunks[c].lo = i;
+                job->chunks[c].hi = i + BLOCKS_PER_CHUNK < nblk ? i + BLOCKS_PER_CHUNK : nblk; c++;
+            }
+        } else if (ly->permute) {
             int64_t a = ly->a, rows = CHUNK_ELEMS / ly->b; if (rows < 1) rows = 1;
             for (int64_t x = 0; x < a; x += rows) {
                 job->chunks[c].layer = l; job->chunks[c].lo = x;
@@ -194,6 +226,47 @@ static inline void tile_indices(const layer_t *ly, uint32_t x0, uint32_t y0, uin
             }
         }
     }
+}
+
+/* ---- generator version 2: the position of a whole block ---- */
+
+/* π1 of block (x, y) = (i / b, i % b) on the grid of the nb full blocks: version 1's four rounds
+   on reduced coordinates, cycle walking until the result is below nb. */
+static inline uint32_t block_pi(const layer_t *ly, uint32_t x, uint32_t y) {
+    const uint32_t a = ly->a, b = ly->b;
+    const uint32_t *t0 = ly->bt, *t1 = t0 + b, *t2 = t1 + a, *t3 = t2 + b;
+    for (;;) {
+        x += t0[y]; x = x >= a ? x - a : x;
+        y += t1[x]; y = y >= b ? y - b : y;
+        x += t2[y]; x = x >= a ? x - a : x;
+        y += t3[x]; y = y >= b ? y - b : y;
+        uint32_t p = x * b + y;
+        if (p < ly->nb) return p;
+        x = p / b; y = p % b;
+    }
+}
+
+/* (o + VB * p) mod N: the ring offset of window block p (below N + VB with the lanes added). */
+static inline int64_t block_base(int64_t N, const layer_t *ly, uint32_t p) {
+    int64_t base = ly->o + (int64_t)p * VB;
+    if (base >= N) base = ly->n <= N ? base - N : base % N; /* o < N and VB * p < n */
+    return base;
+}
+
+/* Walk the blocks lo, lo + 1, ... of a version-2 layer: block_next gives each one's window block. */
+typedef struct { uint32_t x, y; } block_walk_t;
+
+static inline block_walk_t block_walk(const layer_t *ly, int64_t lo) {
+    block_walk_t w = {0, 0};
+    if (ly->permute && lo < (int64_t)ly->nb) { w.x = (uint32_t)(lo / ly->b); w.y = (uint32_t)(lo % ly->b); }
+    return w;
+}
+
+static inline uint32_t block_next(const layer_t *ly, block_walk_t *w, int64_t i) {
+    if (!ly->permute || i >= (int64_t)ly->nb) return (uint32_t)i; /* the tail block stays in place */
+    uint32_t p = block_pi(ly, w->x, w->y);
+    if (++w->y == ly->b) { w->y = 0; w->x++; }
+    return p;
 }
 
 #endif /* RPG_CPU_TABLES_H */

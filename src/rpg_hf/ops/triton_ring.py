@@ -2,7 +2,9 @@
 
 Both kernels recompute indices and signs from the packed layer table of a
 :class:`~rpg_hf.ops.plan.RingPlan` (uint32 arithmetic, hash32 evaluated inline; no stored
-index or round tables), following ``GENERATOR_VERSION = 1`` of :mod:`rpg_hf.core.construction` bit for bit.
+index or round tables), following generator versions 1 and 2 of :mod:`rpg_hf.core.construction` bit for
+bit (version 2: the Feistel rounds act on the block index ``j >> 5``, the sign is bit ``j & 31`` of the
+block's hash, and reads and gathers run over 32 contiguous entries).
 
 * forward: the layers' outputs (separate tensors, written through a table of their addresses, in
   the ring's dtype or directly in the requested one, e.g. the autocast dtype) are cut into blocks of
@@ -210,16 +212,27 @@ if HAVE_TRITON:
         m = tl.load(mult_ptr + layer).to(COMPUTE)
         j = (blk.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)).to(tl.uint32)
         valid = j < n
-        if (flags & 1) != 0:
-            p = _permute(j, valid, n, a, b, k0, k1, k2, k3, ma, sa1, sa2, mb, sb1, sb2, False)
+        if (flags & 4) != 0:  # generator version 2: blocks of 32 moved by π1 of the block index
+            blk_i = j >> 5
+            nb = n >> 5
+            if (flags & 1) != 0:
+                pb = _permute(blk_i, valid & (blk_i < nb), nb, a, b, k0, k1, k2, k3, ma, sa1, sa2, mb, sb1, sb2, False)
+                p = tl.where(blk_i < nb, pb * 32 + (j & 31), j)
+            else:
+                p = j
+            sbits = (_hash32(blk_i, ks) >> (j & 31)) & 1
         else:
-            p = j
+            if (flags & 1) != 0:
+                p = _permute(j, valid, n, a, b, k0, k1, k2, k3, ma, sa1, sa2, mb, sb1, sb2, False)
+            else:
+                p = j
+            sbits = _hash32(j, ks) >> 31
         nu = N.to(tl.uint32)
         idx = o + _umod(p, nu, mn, sn1, sn2)
         idx = tl.where(idx >= nu, idx - nu, idx)
         r = tl.load(ring_ptr + idx, mask=valid, other=0.0)
         v = r.to(COMPUTE) * m
-        neg = ((_hash32(j, ks) >> 31) != 0) & ((flags & 2) != 0)
+        neg = (sbits != 0) & ((flags & 2) != 0)
         # negating before rounding to the ring's / output dtype gives the same bits (rounding is odd)
         v = _round_to(_round_to(tl.where(neg, -v, v), RING_DT), OUT_DT)
         out_ptr = tl.load(oaddr_ptr + layer).to(otype_ptr.dtype)
@@ -260,13 +273,25 @@ if HAVE_TRITON:
                     k = rel + i * N64
                     valid = rvalid & (k >= 0) & (k < n64)
                     ku = tl.where(valid, k, 0).to(tl.uint32)
-                    if (flags & 1) != 0:
-                        jj = _permute(ku, valid, n, a, b, k0, k1, k2, k3, ma, sa1, sa2, mb, sb1, sb2, True)
+                    if (flags & 4) != 0:  # generator version 2: window block -> weight block by π1⁻¹
+                        kb = ku >> 5
+                        nb = n >> 5
+                        if (flags & 1) != 0:
+                            jb = _permute(kb, valid & (kb < nb), nb, a, b, k0, k1, k2, k3, ma, sa1, sa2, mb, sb1,
+                                          sb2, True)
+                            jj = tl.where(kb < nb, jb * 32 + (ku & 31), ku)
+                        else:
+                            jj = ku
+                        sbits = (_hash32(jj >> 5, ks) >> (jj & 31)) & 1
                     else:
-                        jj = ku
+                        if (flags & 1) != 0:
+                            jj = _permute(ku, valid, n, a, b, k0, k1, k2, k3, ma, sa1, sa2, mb, sb1, sb2, True)
+                        else:
+                            jj = ku
+                        sbits = _hash32(jj, ks) >> 31
                     g = tl.load(g_ptr + jj.to(tl.int64), mask=valid, other=0.0).to(tl.float32)
                     v = g * m
-                    neg = ((_hash32(jj, ks) >> 31) != 0) & ((flags & 2) != 0)
+                    neg = (sbits != 0) & ((flags & 2) != 0)
                     v = tl.where(neg, -v, v)
                     acc += tl.where(valid, v, 0.0)
         tl.store(part_ptr + s.to(tl.int64) * N + r, acc, mask=rvalid)

@@ -77,6 +77,7 @@ def reparameterize(
     generator = RPGGenerator(spec, layers, ring_sizes).to(device=reference.device)
     for position, module in enumerate(modules):
         _attach(module, generator, position)
+    generator.watch(model)
     children = list(model._modules.items())
     model._modules.clear()
     model._modules[GENERATOR_ATTR] = generator
@@ -92,6 +93,11 @@ def expand(model: nn.Module) -> nn.Module:
     """
     weights = get_generator(model).generate_all()
     plain = copy.deepcopy(model)
+    for module in plain.modules():  # the ring check of RPGGenerator.watch goes with the ring
+        for gen in (m for m in module.children() if isinstance(m, RPGGenerator)):
+            for hooks in (module._forward_pre_hooks, module._forward_hooks, module._forward_hooks_always_called):
+                for hook_id in gen.watch_hooks:
+                    hooks.pop(hook_id, None)
     for name, module in list(plain.named_modules()):
         if isinstance(module, RPGGenerator):
             parent, _, child = name.rpartition(".")

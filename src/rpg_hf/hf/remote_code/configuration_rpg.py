@@ -121,6 +121,14 @@ class RPGConfig(PreTrainedConfig):
         if self.ring_sizes is not None and sum(self.ring_sizes) != self.dof:
             raise ValueError(f"config ring_sizes {self.ring_sizes} sum to {sum(self.ring_sizes)}, not dof={self.dof}")
 
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs):
+        """A saved model's config (it records ``generated_layers``) that names no ``generator_version``
+        predates version 2, the default of new models: it was built with version 1."""
+        if config_dict.get("generated_layers") and "generator_version" not in config_dict:
+            config_dict = {**config_dict, "generator_version": 1}
+        return super().from_dict(config_dict, **kwargs)
+
     @property
     def mean(self) -> list[float]:
         return list(self.image_mean or IMAGENET_MEAN)

@@ -71,7 +71,7 @@ class RPGRings(nn.Module):
             if not 0 <= r < len(self.ring_sizes):
                 raise ValueError(f"layer {d['name']!r} names ring {r}, but there are {len(self.ring_sizes)}")
             slot = LayerSlot(position, tuple(int(s) for s in d["shape"]), starts[r], float(d["multiplier"]),
-                             self.seed, bool(config.permute), bool(config.sign_flip))
+                             self.seed, bool(config.permute), bool(config.sign_flip), int(config.generator_version))
             self.slots.append((r, slot))
             starts[r] += slot.numel
         self._modules_ref: list[nn.Module] = []
