@@ -193,7 +193,7 @@ class Bench:
                     add(w)
         for hub in getattr(gen, "_hubs", None) or []:  # training: the CPU output buffers kept for reuse
             for pool in (hub.buffers.values() if hub is not None else ()):
-                for buf, _ in pool:
+                for buf in pool:
                     add(buf)
         return total / 2**20
 

@@ -67,6 +67,9 @@ def environment(args, device, amp: bool, channels_last: bool, cfg: dict) -> dict
         "cpu": f"{cpu_name()} ({_cpus()} cpus)",
         "threads": torch.get_num_threads(),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "unset"),
+        "malloc": (f"keep (MALLOC_MMAP_THRESHOLD_={os.environ['MALLOC_MMAP_THRESHOLD_']} "
+                   f"MALLOC_TRIM_THRESHOLD_={os.environ.get('MALLOC_TRIM_THRESHOLD_', 'unset')})"
+                   if os.environ.get("MALLOC_MMAP_THRESHOLD_") else "stock"),
         "torch": torch.__version__,
         "cuda": torch.version.cuda or "none",
         "triton": _version("triton") if device.type == "cuda" else "unused",

@@ -33,7 +33,8 @@ Exit status: 0; 1 when ``--check``/``--check-compiled`` found a median ratio abo
 The measurement is in ``step_measure.py``, the output format in ``step_report.py`` (beside this
 file); this script is the command line and the two passes.
 
-Example:  python benchmarks/step_time.py --device cpu --check 1.05
+Example:  python benchmarks/step_time.py --device cpu --check 1.02
+          python benchmarks/step_time.py --device cpu --malloc keep --check 1.02
           python benchmarks/step_time.py --device cuda --compile --json step_time.json
 """
 
@@ -52,6 +53,9 @@ else:  # run as a script: its directory is sys.path[0]
     from step_measure import Bench
 
 MIN_ALTERNATIONS = 7  # fewer: the spread of the ratio means little
+# glibc keeps freed blocks below 64 MiB in the heap and trims only above 256 MiB (as jemalloc/tcmalloc
+# keep memory): a step's weights, gradients and activations are then re-used instead of re-faulted
+KEEP_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "67108864", "MALLOC_TRIM_THRESHOLD_": "268435456"}
 
 
 def _parse(argv=None):
@@ -84,6 +88,10 @@ def _parse(argv=None):
     p.add_argument("--eval-batch", type=int, default=8,
                    help="batch of the eval-forward comparison (RPG through its weight cache; 0 skips; default 8)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads; default: torch's)")
+    p.add_argument("--malloc", choices=["stock", "keep"], default="stock",
+                   help="glibc malloc for both models: 'stock' (its defaults: freed memory goes back to the OS, "
+                        "and re-faulting it costs page faults every step) or 'keep' (re-run with "
+                        f"{' '.join(f'{k}={v}' for k, v in KEEP_MALLOC.items())}: freed memory is kept and reused)")
     p.add_argument("--amp", choices=["auto", "on", "off"], default="auto", help="bf16 autocast (auto: on for CUDA)")
     p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto", help="(auto: on for CUDA)")
     p.add_argument("--lr", type=float, default=0.01)
@@ -213,8 +221,18 @@ def compiled_pass(bench: Bench, rows: dict, errors: list, dump) -> None:
     bench.torch._dynamo.reset()
 
 
+def _keep_malloc(argv) -> None:
+    """Re-run this script with :data:`KEEP_MALLOC` in the environment (glibc reads it at start only)."""
+    if all(os.environ.get(k) == v for k, v in KEEP_MALLOC.items()):
+        return
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *argv], {**os.environ, **KEEP_MALLOC})
+
+
 def main(argv=None) -> int:
     args = _parse(argv)
+    if args.malloc == "keep":
+        _keep_malloc(sys.argv[1:] if argv is None else list(argv))
     if args.backend:
         os.environ["RPG_HF_BACKEND"] = args.backend
     import torch

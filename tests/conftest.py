@@ -16,6 +16,17 @@ import torch  # noqa: E402
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+def perturbed(model):
+    """A trained-looking model: every parameter (the rings and the free tensors) moved off its seeded
+    initialisation, so a save/load round trip that ignored the file and rebuilt from the seed would fail."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.25).add_(0.01)
+    if hasattr(model, "generator"):
+        model.generator.invalidate_cache()
+    return model
+
+
 def tiny_vit(num_labels: int = 5):
     from transformers import ViTConfig, ViTForImageClassification
 

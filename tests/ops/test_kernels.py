@@ -18,6 +18,7 @@ import sys
 import pytest
 import torch
 
+import rpg_hf
 from rpg_hf import ops as kernels
 from rpg_hf.core.reference import LayerSlot, fold_window, generate_layer, window_grad
 from rpg_hf.ops import cpu, expand_ring
@@ -458,3 +459,45 @@ def test_cuda_training_step_matches_reference(monkeypatch):
     # same weights bit for bit; the ring gradients differ by float32 summation order only
     assert all(torch.equal(a, b) for a, b in zip(weights["triton"], weights["torch"], strict=True))
     assert ((grads["triton"] - grads["torch"]).norm() / grads["torch"].norm()).item() < 1e-4
+
+
+# --------------------------------------------------------------------------- generated nn.Linear layers
+
+
+def _linear_models(version: int):
+    """An MLP whose every Linear is generated, and a tiny transformers ViT (q/k/v/out/MLP linears + patch conv)."""
+    from conftest import tiny_vit
+
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 40), torch.nn.GELU(), torch.nn.Linear(40, 24),
+                              torch.nn.GELU(), torch.nn.Linear(24, 3))
+    return {"mlp": rpg_hf.reparameterize(mlp, rpg_hf.RPGSpec(dof=700, exclude_head=False, exclude_stem=False,
+                                                             generator_version=version)),
+            "vit": rpg_hf.reparameterize(tiny_vit(3), rpg_hf.RPGSpec(dof=3000, generator_version=version))}
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu", "triton"])
+@pytest.mark.parametrize("version", [1, 2])
+def test_linear_layers_ring_gradient_on_every_backend(backend, version, request, monkeypatch):
+    """The ring gradient through generated ``nn.Linear`` layers equals the fold of the plain model's weight
+    gradients, on each backend (Triton under the interpreter), for both generator versions."""
+    if backend == "cpu" and not cpu.available():
+        pytest.skip(f"C kernels unavailable: {cpu.error()}")
+    if backend == "triton":
+        monkeypatch.setattr(ops, "triton_ring", request.getfixturevalue("tri"))
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("RPG_HF_BACKEND", backend)
+    for name, model in _linear_models(version).items():
+        model.eval()  # no dropout: the plain model below computes the same
+        x = torch.randn(2, 3, 4, 4) if name == "mlp" else torch.randn(2, 3, 32, 32)
+        out = model(x)
+        (out.logits if hasattr(out, "logits") else out).square().sum().backward()
+        plain = rpg_hf.expand(model).eval()
+        out = plain(x)
+        (out.logits if hasattr(out, "logits") else out).square().sum().backward()
+        gen = model.rpg
+        ref = torch.zeros(gen.ring_sizes[0])
+        for layer, slot in zip(gen.layers, gen.slots[0], strict=True):
+            fold_window(ref, window_grad(plain.get_submodule(layer.name).weight.grad, slot), slot.start)
+        assert sum(isinstance(plain.get_submodule(layer.name), torch.nn.Linear) for layer in gen.layers) >= 3, name
+        _assert_grad_close(gen.rings[0].grad, ref)

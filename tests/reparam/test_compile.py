@@ -33,7 +33,7 @@ def _loss(model, x):
     return torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 2]))
 
 
-def _check(name: str, backend: str) -> None:
+def _check(name: str, backend: str, grad_tol: float = 1e-5) -> None:
     model = _model(name)
     assert {n for n in timm.list_models("rpg_*")} == set(TINY)  # the sweep covers the whole registry
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
@@ -59,8 +59,10 @@ def _check(name: str, backend: str) -> None:
     # one graph for training, one for no_grad eval (the grad-mode guard): at most one recompile
     assert counters["stats"]["unique_graphs"] <= 2, dict(counters["stats"])
     # relative to the gradient's norm: a ring entry sums ~T/N weight gradients, so a few of them
-    # cancel to near zero and an elementwise rtol would judge reduction-order noise
-    assert (compiled_grad - eager_grad).norm() <= 1e-3 * eager_grad.norm()
+    # cancel to near zero and an elementwise rtol would judge reduction-order noise.  aot_eager runs
+    # the same kernels as eager (float32 summation order apart): 1e-5; inductor generates its own
+    # convolution-backward and reduction code: 1e-3
+    assert (compiled_grad - eager_grad).norm() <= grad_tol * eager_grad.norm()
     torch.testing.assert_close(out, eager_out, rtol=1e-4, atol=1e-5)
 
 
@@ -77,7 +79,7 @@ def test_fullgraph_aot_eager_whole_registry(name):
 
 @pytest.mark.slow
 def test_fullgraph_inductor_resnet18():
-    _check("rpg_resnet18", "inductor")
+    _check("rpg_resnet18", "inductor", grad_tol=1e-3)
 
 
 def test_generator_is_not_a_frame_of_its_own():

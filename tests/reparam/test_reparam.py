@@ -5,9 +5,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import struct
+import sys
+from pathlib import Path
 
 import pytest
-import spec_v1
 import timm
 import torch
 from conftest import tiny_vit
@@ -17,6 +18,9 @@ import rpg_hf
 from rpg_hf.core.reference import layer_indices
 from rpg_hf.ops import expand_ring
 from rpg_hf.reparam.targets import GeneratedLayer, group_key
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))  # the spec modules, when run alone
+import spec_v1  # noqa: E402
 
 # SHA-256 of every generated float32 weight (little endian, recorded order) of timm's
 # `test_resnet` (10 classes) at dof=5000, seed=0, with the ring set to the integer pattern below.

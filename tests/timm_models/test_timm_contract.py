@@ -231,9 +231,19 @@ def test_forward_intermediates(name):
             assert o.shape[channel] == c
             assert o.shape[spatial[0]] <= math.ceil(x.shape[2] / r) and o.shape[spatial[1]] <= math.ceil(x.shape[3] / r)
         assert torch.allclose(output, model.forward_features(x))
-        model.set_grad_checkpointing()
-        output3, _ = model.forward_intermediates(x, output_fmt=output_fmt)
-        assert torch.allclose(output, output3, rtol=1e-4, atol=1e-5)
+    # with gradients on (checkpointing does nothing without them), checkpointed forward_intermediates
+    # give the same output and the same gradients (the ring's, where the model has one)
+    outputs, grads = [], []
+    for enable in (False, True):
+        model.set_grad_checkpointing(enable)
+        model.zero_grad()
+        out, inter = model.forward_intermediates(x, output_fmt=output_fmt)
+        (out.square().mean() + sum(i.square().mean() for i in inter)).backward()
+        outputs.append(out.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert torch.allclose(outputs[0], output, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(outputs[0], outputs[1], rtol=1e-4, atol=1e-5)
+    assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-7)
 
 
 @pytest.mark.parametrize(("name", "kwargs"), [

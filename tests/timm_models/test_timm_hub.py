@@ -11,7 +11,7 @@ import json
 import pytest
 import timm
 import torch
-from conftest import break_checkpoint, lay_out_hub_cache
+from conftest import break_checkpoint, lay_out_hub_cache, perturbed
 from huggingface_hub import constants
 from timm.data import resolve_data_config
 from timm.models import PretrainedCfg, adapt_input_conv
@@ -121,7 +121,7 @@ def test_pretrained_false_builds_the_checkpoint_architecture_with_a_fresh_ring(s
 
 def test_rpg_entrypoint_with_a_located_checkpoint(saved, tmp_path):
     # the rpg_<arch> entrypoints load a checkpoint their pretrained cfg names (file= / hf_hub_id=)
-    model = rpg_hf.RPGForImageClassification(_cfg("resnet18", 5000)).eval()
+    model = perturbed(rpg_hf.RPGForImageClassification(_cfg("resnet18", 5000))).eval()
     model.save_pretrained(tmp_path / "r18")
     loaded = timm.create_model("rpg_resnet18", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "r18")))
     with torch.no_grad():

@@ -20,6 +20,7 @@ import torch
 
 from rpg_hf.hf.remote_code import rpg_checkpoint
 from rpg_hf.hf.remote_code.rpg_checkpoint import (
+    CONSTRUCTION_KEY,
     HUB_KWARGS,
     RING_PREFIX,
     WEIGHTS_NAME,
@@ -32,6 +33,7 @@ from rpg_hf.hf.remote_code.rpg_checkpoint import (
 )
 
 __all__ = [
+    "CONSTRUCTION_KEY",
     "HUB_KWARGS",
     "RING_PREFIX",
     "WEIGHTS_NAME",

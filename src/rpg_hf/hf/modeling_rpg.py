@@ -36,6 +36,8 @@ class RPGPreTrainedModel(remote.RPGPreTrainedModel):
     config: RPGConfig
     config_class = RPGConfig
     _no_split_modules = ["RPGGenerator"]
+    # the ring holder's identity buffer is left out of ring-only files (config.json says the same): rebuilt
+    _keys_to_ignore_on_load_missing = [r"(^|\.)rpg\.construction$"]
 
     # ------------------------------------------------------------------ init
     def _build(self, config: RPGConfig) -> None:
@@ -58,9 +60,12 @@ class RPGPreTrainedModel(remote.RPGPreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         # The backbone's constructors initialised the free tensors (timm / ViT schemes); only the
-        # ring is ours: re-drawn from the seed so meta-device construction ends up identical.
+        # ring is ours: re-drawn from the seed so meta-device construction ends up identical.  A ring
+        # transformers loaded from the file is kept, whatever else of the module the file lacked
+        # (its identity buffer, which is derived and recomputed).
         if isinstance(module, RPGGenerator):
-            module.reset_rings()
+            module.reset_rings(keep_loaded=True)
+            module.reset_construction()
 
     # ------------------------------------------------------------------ API
     def expand(self) -> nn.Module:

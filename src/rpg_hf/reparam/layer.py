@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from rpg_hf.core.reference import LayerSlot
-from rpg_hf.ops.dispatch import RingGradient, expand_ring
+from rpg_hf.ops.dispatch import RingGradient, expand_ring, is_fx_tracing
+from rpg_hf.reparam import identity
 from rpg_hf.reparam.targets import GeneratedLayer
 from rpg_hf.spec import RPGSpec
 
@@ -90,6 +91,15 @@ class RPGGenerator(nn.Module):
             self.slot_of.append((layer.ring, len(self.slots[layer.ring])))
             self.slots[layer.ring].append(slot)
             starts[layer.ring] += layer.numel
+        for r, size in enumerate(ring_sizes):
+            generated = sum(s.numel for s in self.slots[r])
+            if size > generated:
+                raise ValueError(
+                    f"ring {r} has {size:,} entries but generates only {generated:,} weights: "
+                    f"{size - generated:,} entries would never be used (dof={spec.dof:,} for "
+                    f"{sum(layer.numel for layer in self.layers):,} generated weights in all); choose a smaller dof"
+                )
+        self.register_buffer(identity.KEY, self._construction(), persistent=True)
         self.generations = 0  # how many times a ring's cache was filled: tests and benchmarks see it work
         self._cache: list[_Cached | None] = [None] * len(ring_sizes)
         self._hubs: list[RingGradient | None] = [None] * len(ring_sizes)
@@ -121,7 +131,7 @@ class RPGGenerator(nn.Module):
         return not (torch.is_grad_enabled() and any(r.requires_grad for r in self.rings))
 
     def _forward_begins(self, module, args) -> None:
-        trusted = not torch.compiler.is_compiling() and self._cacheable()
+        trusted = not (torch.compiler.is_compiling() or is_fx_tracing()) and self._cacheable()
         if trusted:
             for r in range(len(self.rings)):
                 self.ring_weights(r)  # the full comparison, and a regeneration where a ring changed
@@ -147,12 +157,55 @@ class RPGGenerator(nn.Module):
         return torch.randn(self.spec.dof, generator=gen, device="cpu") * self.spec.ring_std
 
     @torch.no_grad()
-    def reset_rings(self) -> None:
-        """Re-draw the ring(s) from the seed (used by transformers' weight initialisation)."""
+    def reset_rings(self, keep_loaded: bool = False) -> None:
+        """Re-draw the ring(s) from the seed (used by transformers' weight initialisation).
+
+        ``keep_loaded``: leave the rings transformers marked as loaded from a checkpoint
+        (``_is_hf_initialized``): only a ring the file lacked is drawn afresh."""
         init = self._initial_ring()
         for ring, part in zip(self.rings, init.split(self.ring_sizes), strict=True):
-            if not ring.is_meta:
+            if not ring.is_meta and not (keep_loaded and getattr(ring, "_is_hf_initialized", False)):
                 ring.copy_(part)
+
+    # ------------------------------------------------------------------ the construction's identity
+    def _construction(self) -> torch.Tensor:
+        """This generator's :mod:`~rpg_hf.reparam.identity` (version, seed, switches, layout, ring sizes)."""
+        spec = self.spec
+        slots = [self.slots[r][i] for r, i in self.slot_of]
+        fingerprint = identity.layout_fingerprint(slots, [layer.ring for layer in self.layers])
+        return identity.identity_tensor(spec.generator_version, spec.seed, spec.permute, spec.sign_flip, fingerprint,
+                                        self.ring_sizes)
+
+    @torch.no_grad()
+    def reset_construction(self) -> None:
+        """Recompute the identity buffer (it is derived: after meta-device construction it holds nothing)."""
+        buf = getattr(self, identity.KEY)
+        if not buf.is_meta:
+            buf.copy_(self._construction())
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        """Refuse a state dict written by another construction; one without an identity (written before
+        state dicts carried it, or a ring-only file, whose config.json says the same) loads as it did."""
+        key = prefix + identity.KEY
+        stored = state_dict.get(key)
+        if stored is not None:
+            problem = identity.mismatch(stored, self._construction())
+            if problem:
+                raise ValueError(f"cannot load this state dict ({prefix}{identity.KEY}): {problem}")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if stored is None and key in missing_keys:
+            missing_keys.remove(key)
+
+    def __prepare_scriptable__(self):
+        """``torch.jit.script`` cannot compile the Python that generates the weights: say what works."""
+        raise RuntimeError(
+            "an RPG model cannot be scripted with torch.jit.script: its weights are generated from the ring by "
+            "Python code at every read. Script the plain model instead: torch.jit.script(rpg_hf.expand(model)) "
+            "(or model.expand() for RPGForImageClassification), or use torch.export.export(model, args) / "
+            "torch.compile(model), which trace the generation as the rpg_hf::expand_ring custom op"
+        )
 
     def __deepcopy__(self, memo):
         """Copy without the cache and gradient hubs (EMA copies, ``expand``): rebuilt on first use."""
@@ -195,7 +248,7 @@ class RPGGenerator(nn.Module):
         if ring.is_meta:  # transformers builds models on the meta device: shapes only
             return tuple(torch.empty(s.shape, device="meta", dtype=ring.dtype) for s in self.slots[r])
         cached = self._cache[r]
-        if cached is not None and (slot is not None and self._in_checked_forward() or cached.matches(ring, slot)):
+        if cached is not None and cached.matches(ring, slot):
             return cached.weights
         self._cache[r] = None  # free the old weights before generating the new ones
         with torch.no_grad():
@@ -207,10 +260,13 @@ class RPGGenerator(nn.Module):
     def weight(self, position: int) -> torch.Tensor:
         """The current weight of generated layer ``position`` (see the class docstring)."""
         r, i = self.slot_of[position]
-        ring = self.rings[r]
+        cached = self._cache[r]
+        if cached is not None and not torch.is_grad_enabled() and self._in_checked_forward():
+            return cached.weights[i]  # inside a watched eval forward: the rings were checked when it began
+        ring = self.rings[r]  # under FX tracing: a get_attr proxy of the ring (nn.Module.__getattr__ is traced)
         slot = self.slots[r][i]
-        if torch.compiler.is_compiling():
-            return expand_ring(ring, (slot,))[0]
+        if torch.compiler.is_compiling() or is_fx_tracing():
+            return expand_ring(ring, (slot,))[0]  # the rpg_hf::expand_ring custom op: a graph node with a backward
         if torch.is_grad_enabled() and ring.requires_grad and not ring.is_meta:
             self._cache[r] = None  # training holds no generated weights between steps
             hub = self._hubs[r]
@@ -241,10 +297,23 @@ def _generated_class(cls: type) -> type:
     """
     sub = _GENERATED_CLASSES.get(cls)
     if sub is None:
+        # __module__ is this module's: FX does not take it for a torch.nn leaf and traces its forward,
+        # where the weight read becomes the custom op on the ring; pickling rebuilds it from its base class
         sub = type(f"RPG{cls.__name__}", (cls,), {"weight": property(_generated_weight), "_rpg_base": cls,
-                                                  "__module__": cls.__module__})
+                                                  "__module__": __name__, "__qualname__": f"RPG{cls.__qualname__}",
+                                                  "__reduce_ex__": _reduce_generated})
         _GENERATED_CLASSES[cls] = sub
     return sub
+
+
+def _reduce_generated(module: nn.Module, protocol: int):
+    """Pickle a generated module as its plain base class plus its state (the class is made at run time)."""
+    return _rebuild_generated, (module._rpg_base,), module.__dict__
+
+
+def _rebuild_generated(base: type) -> nn.Module:
+    cls = _generated_class(base)
+    return cls.__new__(cls)
 
 
 def _attach(module: nn.Module, generator: RPGGenerator, position: int) -> None:

@@ -53,6 +53,22 @@ def _named_targets(model: nn.Module, layers: list[GeneratedLayer]) -> list[nn.Mo
     return out
 
 
+def _refuse_tied(model: nn.Module, layers: list[GeneratedLayer], modules: list[nn.Module]) -> None:
+    """A weight shared by two modules (tied) cannot become one module's generated weight: the other module
+    would keep a stale parameter, and the DoF table would count it twice.  Say which, and what to do."""
+    names: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name)
+    for layer, module in zip(layers, modules, strict=True):
+        shared = [n for n in names.get(id(module._parameters["weight"]), []) if n != f"{layer.name}.weight"]
+        if shared:
+            raise ValueError(
+                f"{layer.name}.weight is tied to {', '.join(shared)} (one Parameter shared by several modules): "
+                "rpg_hf does not generate tied weights. Keep it free with RPGSpec(exclude=[...]) naming "
+                f"{layer.name!r}, or untie the modules first"
+            )
+
+
 def reparameterize(
     model: nn.Module,
     spec: RPGSpec,
@@ -73,6 +89,7 @@ def reparameterize(
     elif ring_sizes is None:
         raise ValueError("a recorded layer list needs its ring_sizes")
     modules = _named_targets(model, layers)
+    _refuse_tied(model, layers, modules)
     reference = next(iter(modules))._parameters["weight"]
     generator = RPGGenerator(spec, layers, ring_sizes).to(device=reference.device)
     for position, module in enumerate(modules):

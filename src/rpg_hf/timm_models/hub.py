@@ -114,7 +114,7 @@ def load_rpg_timm_model(source: tuple[str, str], *, pretrained: bool = True, arc
     import timm
     import torch
 
-    from rpg_hf.hf.checkpoint import CheckpointError, read_ring_only
+    from rpg_hf.hf.checkpoint import CONSTRUCTION_KEY, CheckpointError, read_ring_only
 
     folder, weights = _resolve_files(source, cache_dir)
     config = RPGConfig.from_pretrained(str(folder))
@@ -169,7 +169,8 @@ def load_rpg_timm_model(source: tuple[str, str], *, pretrained: bool = True, arc
                 key = f"{name}.weight"
                 if key in state:
                     state[key] = adapt_input_conv(in_chans, state[key], base_chans=saved_chans)
-        own = model.state_dict()
+        # the ring holder's identity buffer is not in ring-only files (config.json says the same)
+        own = {k: v for k, v in model.state_dict().items() if not k.endswith(CONSTRUCTION_KEY)}
         mismatched = [k for k, v in state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
         missing = sorted(set(own) - set(state) - dropped)
         unexpected = sorted(set(state) - set(own))

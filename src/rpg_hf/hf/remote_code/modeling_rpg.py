@@ -54,6 +54,7 @@ class RPGPreTrainedModel(PreTrainedModel):
     input_modalities = ("image",)
     _no_split_modules = ["RPGRings"]
     model_tags = ["rpg_hf", "rpg"]
+    supports_gradient_checkpointing = True
 
     def _build(self, config: RPGConfig) -> None:
         """The backbone the config describes, its recorded layers generated from the ring(s)."""
@@ -67,6 +68,16 @@ class RPGPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, RPGRings):  # the backbone's constructors initialised the free tensors
             module.reset_rings()
+
+    def _set_gradient_checkpointing(self, enable: bool = True, *args, **kwargs):
+        """``gradient_checkpointing_enable()`` / ``TrainingArguments(gradient_checkpointing=True)``: a ViT's
+        layers carry transformers' own flag; a timm backbone switches with timm's ``set_grad_checkpointing``
+        (non-reentrant ``torch.utils.checkpoint`` around its blocks)."""
+        if self.config.backbone == "timm":
+            self.backbone.set_grad_checkpointing(enable)
+            self.gradient_checkpointing = enable  # what `is_gradient_checkpointing` reads
+        else:
+            super()._set_gradient_checkpointing(enable, *args, **kwargs)
 
     def post_init(self):
         super().post_init()

@@ -151,12 +151,17 @@ def dequantize_state_dict(tensors) -> dict:
             for key, value in tensors.items() if key not in skip}
 
 
+CONSTRUCTION_KEY = "rpg.construction"  # rpg_hf's ring holder's identity buffer (rpg_hf.reparam.identity)
+
+
 def ring_only_state_dict(state, config: RPGConfig) -> dict:
     """The tensors a ring-only checkpoint stores: ring(s) (float32, or int8 triples for
     ``ring_dtype="int8"``) and free tensors.  Rings already stored as int8 triples stay as they are."""
     rings = {ring_key(i) for i in range(len(config.ring_sizes or [config.dof]))} if config.ring_dtype == "int8" else ()
     out = {}
     for key, value in state.items():
+        if key.endswith(CONSTRUCTION_KEY):  # rpg_hf's state-dict identity: config.json says the same here
+            continue
         if key in rings and value.dtype != torch.int8:
             out.update({key + suffix: t for suffix, t in quantize_ring(value, config.ring_block_size).items()})
         else:
