@@ -109,6 +109,67 @@ def test_no_import_cycle_at_module_level():
         visit(mod)
 
 
+def _find_cycle(deps: dict[str, set[str]], skip_init) -> list[str] | None:
+    """The first import cycle through modules that are not package ``__init__`` files (None: none)."""
+    done, active = set(), []
+
+    def visit(mod: str) -> list[str] | None:
+        if mod in active:
+            return active[active.index(mod):] + [mod]
+        if mod in done or skip_init(mod):
+            return None
+        active.append(mod)
+        for d in sorted(deps.get(mod, ())):
+            found = visit(d)
+            if found:
+                return found
+        active.pop()
+        done.add(mod)
+        return None
+
+    for mod in sorted(deps):
+        found = visit(mod)
+        if found:
+            return found
+    return None
+
+
+def test_no_import_cycle_at_function_level():
+    """Imports inside functions count too: a reader still has to follow them both ways."""
+    deps = _deps(top_only=False)
+    cycle = _find_cycle(deps, lambda m: MODULES[m].name == "__init__.py")
+    assert cycle is None, "import cycle (function level included): " + " -> ".join(cycle)
+
+
+RECIPES = SRC.parents[1] / "recipes"
+
+
+def test_no_import_cycle_among_the_recipes():
+    """recipes/ scripts import their siblings relatively (as a package) or by bare name (as scripts)."""
+    files = {p.with_suffix("").relative_to(RECIPES.parent).as_posix().replace("/", "."): p
+             for p in RECIPES.rglob("*.py") if p.name != "__init__.py"}
+    deps: dict[str, set[str]] = {}
+    for mod, path in files.items():
+        package = mod.rpartition(".")[0]
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.ImportFrom):
+                base = package if node.level else ""
+                if node.module:
+                    names.append(f"{base}.{node.module}" if base else node.module)
+                names += [f"{base}.{a.name}" for a in node.names] if node.level and not node.module else []
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            for name in names:
+                for cand in (name, f"{package}.{name}"):
+                    if cand in files and cand != mod:
+                        found.add(cand)
+        deps[mod] = found
+    cycle = _find_cycle(deps, lambda m: False)
+    assert cycle is None, "import cycle among the recipes: " + " -> ".join(cycle)
+
+
 def test_no_source_file_over_the_limit():
     long = {str(p.relative_to(SRC)): n for p in SRC.rglob("*.py")
             if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES}

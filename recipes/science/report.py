@@ -244,16 +244,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--results-dir", default=None, help="default: the YAML's results_dir")
     args = p.parse_args(argv)
     if __package__:
-        from . import sweep
+        from . import grid
     else:  # run as a script: its directory is sys.path[0]
-        import sweep
+        import grid
 
     cfg = yaml.safe_load(Path(args.config).read_text(encoding="utf-8"))
     results_dir = Path(args.results_dir or cfg.get("results_dir", "results/sweep"))
-    proto = sweep.protocol_of(cfg)
-    fp = sweep.fingerprint(proto)
+    proto = grid.protocol_of(cfg)
+    fp = grid.fingerprint(proto)
     command = cfg.get("command") or f"accelerate launch recipes/science/sweep.py --config {args.config}"
-    summary = summarize(cfg, sweep.build_grid(cfg), proto, fp, results_dir, results_dir / "runs", command)
+    summary = summarize(cfg, grid.build_grid(cfg), proto, fp, results_dir, results_dir / "runs", command)
     print(f"wrote {results_dir}/summary.json, table.md, README.md, dof_vs_error.png "
           f"({summary['compute']['runs_finished']} of {summary['compute']['runs_in_grid']} runs)")
     for c in summary["claims"]:

@@ -1,6 +1,6 @@
 """Generator version 1 re-implemented from its *specification text* only: plain Python ints.
 
-Written from the specification in the docstring of ``src/rpg_hf/generator.py`` and DESIGN.md §1-2
+Written from the specification in the docstring of ``src/rpg_hf/core/construction.py`` and DESIGN.md §1-2
 (``W_l[j] = m_l · s_l(j) · ring[(o_l + π_l(j)) mod N]``, windows laid end to end around the ring),
 not from the package's code: no torch, no numpy, no import of rpg_hf.  The tests compare the
 package against this module, so golden vectors are *derived* here, not recorded from the code.

@@ -1,7 +1,7 @@
 """The pinned construction: golden vectors, bijectivity, inverse, balance of ring use.
 
 Golden values are *derived*: ``spec_v1`` re-implements generator version 1 from its specification
-text (generator.py's docstring, DESIGN.md §2) in plain Python ints, and the package must equal it
+text (the docstring of src/rpg_hf/core/construction.py, DESIGN.md §2) in plain Python ints, and the package must equal it
 element for element.  The literal vectors below are kept as well, so a change of the spec module
 itself cannot go unnoticed either.
 """

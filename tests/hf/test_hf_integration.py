@@ -91,7 +91,7 @@ def test_config_records_layer_order_and_generator(saved_resnet):
     assert cfg["dof"] == 5000 and cfg["ring_sizes"] == [5000] and cfg["seed"] == 0
     assert cfg["generated_layers"][0] == {"name": "layer1.0.conv1", "shape": [64, 64, 3, 3], "ring": 0,
                                          "multiplier": pytest.approx(2.828427, rel=1e-6)}
-    # timm reads architecture / model_args / pretrained_cfg (tests/test_timm_hub.py); model_type keeps
+    # timm reads architecture / model_args / pretrained_cfg (tests/timm_models/test_timm_hub.py); model_type keeps
     # transformers off timm_wrapper, image_processor_type keeps AutoImageProcessor on preprocessor_config.json
     assert cfg["architecture"] == "rpg.resnet18" and cfg["pretrained_cfg"]["num_classes"] == 3
     assert cfg["image_processor_type"] == "BitImageProcessor"

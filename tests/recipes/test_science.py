@@ -39,6 +39,9 @@ def _sweep_module():
     return importlib.import_module("recipes.science.sweep")
 
 
+GRID = importlib.import_module("recipes.science.grid")  # the grid and protocol, shared by sweep and report
+
+
 def _tiny_idx(root: Path, n_train: int = 60, n_test: int = 30, classes: int = 10) -> Path:
     """28×28 uint8 images whose class is a bright horizontal band at a class-dependent row, plus noise."""
     root.mkdir(parents=True, exist_ok=True)
@@ -203,9 +206,9 @@ def _hand_made_runs(sweep, tmp_path: Path):
     """The tiny grid with both seeds, and a per-run JSON for each point written by hand."""
     cfg = yaml.safe_load(_tiny_config(tmp_path, tmp_path / "no-data").read_text())
     cfg["seeds"] = [0, 1]
-    grid = sweep.build_grid(cfg)
-    proto = sweep.protocol_of(cfg)
-    fp = sweep.fingerprint(proto)
+    grid = GRID.build_grid(cfg)
+    proto = GRID.protocol_of(cfg)
+    fp = GRID.fingerprint(proto)
     runs_dir = tmp_path / "results" / "runs"
     runs_dir.mkdir(parents=True)
     for r in grid:
@@ -295,8 +298,8 @@ def test_an_interrupted_run_resumes_from_its_last_epoch_bit_identically(tmp_path
     data = _tiny_idx(tmp_path / "tiny_idx")
     cfg = yaml.safe_load(_tiny_config(tmp_path, data).read_text())
     cfg["protocol"]["epochs"] = 2
-    proto, grid = sweep.protocol_of(cfg), sweep.build_grid(cfg)
-    fp = sweep.fingerprint(proto)
+    proto, grid = GRID.protocol_of(cfg), GRID.build_grid(cfg)
+    fp = GRID.fingerprint(proto)
     run = next(r for r in grid if r["method"] == "rpg" and r["dof"] == 300)
     xtr, ytr, xte, yte, names = sweep.load_data(cfg, None)
     tensors = (xtr, ytr, xte, yte, names)
@@ -368,17 +371,16 @@ def test_claim_verdicts_are_computed_from_the_numbers():
 
 
 def test_extra_seeds_add_named_points_last_and_refuse_unknown_names(tmp_path):
-    sweep = _sweep_module()
     cfg = yaml.safe_load(_tiny_config(tmp_path, tmp_path / "no-data").read_text())
-    plain = sweep.build_grid(cfg)
+    plain = GRID.build_grid(cfg)
     named = ["cifar_resnet18-plain-sharing-w32-dof300", "cifar_resnet18-rpg-w32-dof300"]
     cfg["extra_seeds"] = {"seeds": [2], "runs": named}
-    grid = sweep.build_grid(cfg)
+    grid = GRID.build_grid(cfg)
     assert grid[: len(plain)] == plain  # the main seeds first, unchanged
     extra = grid[len(plain) :]
     assert sorted(r["run_id"] for r in extra) == sorted(f"{n}-s2" for n in named)
-    assert sweep.fingerprint(sweep.protocol_of(cfg)) == sweep.fingerprint(sweep.protocol_of(
+    assert GRID.fingerprint(GRID.protocol_of(cfg)) == GRID.fingerprint(GRID.protocol_of(
         {k: v for k, v in cfg.items() if k != "extra_seeds"}))  # finished runs stay valid
     cfg["extra_seeds"]["runs"] = ["cifar_resnet18-rpg-w32-dof301"]
     with pytest.raises(ValueError, match="dof301"):
-        sweep.build_grid(cfg)
+        GRID.build_grid(cfg)

@@ -12,8 +12,9 @@ import os
 import pickle
 import subprocess
 import sys
-import threading
 import textwrap
+import threading
+import time
 
 import pytest
 import timm
@@ -140,14 +141,51 @@ def test_torch_save_and_pickle_round_trip_in_a_fresh_process(tmp_path, after_eva
     torch.testing.assert_close(torch.load(tmp_path / "out.pt"), want, rtol=1e-6, atol=1e-6)
 
 
-def test_hf_model_pickles_after_an_eval_forward(tmp_path):
-    cfg = rpg_hf.RPGConfig(backbone="timm", architecture="test_resnet", dof=3000, num_labels=3, image_size=32)
-    model = rpg_hf.RPGForImageClassification(cfg).eval()
+HF_PICKLE_SCRIPT = textwrap.dedent('''
+    import sys, torch
+    import rpg_hf  # noqa: F401
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        want = model(X).logits
-    torch.save(model, tmp_path / "m.pt")
-    with torch.no_grad():
-        assert torch.equal(torch.load(tmp_path / "m.pt", weights_only=False)(X).logits, want)
+        torch.save([torch.load(f, weights_only=False).eval()(x).logits for f in sys.argv[2:]], sys.argv[1])
+''')
+
+
+def _hf_model(backbone: str):
+    from transformers import ViTConfig
+
+    torch.manual_seed(0)
+    if backbone == "timm":
+        cfg = rpg_hf.RPGConfig(backbone="timm", architecture="test_resnet", dof=3000, num_labels=3, image_size=32)
+    else:
+        vc = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                       image_size=32, patch_size=8)
+        cfg = rpg_hf.RPGConfig(backbone="vit", architecture="vit-tiny-test", vit_config=vc, dof=3000, num_labels=3,
+                               image_size=32)
+    return rpg_hf.RPGForImageClassification(cfg).eval()
+
+
+def test_hf_models_pickle_after_an_eval_forward_in_a_fresh_process(tmp_path):
+    """Both backbones (generated convs; generated q/k/v/MLP linears): torch.save, pickle and deepcopy after
+    the eval cache is filled, with a trained-looking ring, and torch.load in a process that built nothing."""
+    files, wants = [], []
+    for backbone in ("timm", "vit"):
+        model = _hf_model(backbone)
+        with torch.no_grad():
+            model.generator.rings[0].mul_(1.3)
+            want = model(X).logits  # fills the eval cache
+        again = pickle.loads(pickle.dumps(model))
+        with torch.no_grad():
+            assert torch.equal(again(X).logits, want) and torch.equal(copy.deepcopy(model)(X).logits, want)
+        files.append(str(tmp_path / f"{backbone}.pt"))
+        torch.save(model, files[-1])
+        wants.append(want)
+    script = tmp_path / "load.py"
+    script.write_text(HF_PICKLE_SCRIPT)
+    subprocess.run([sys.executable, str(script), str(tmp_path / "out.pt"), *files], check=True,
+                   env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "HF_HUB_OFFLINE": "1"},
+                   timeout=300)
+    for got, want in zip(torch.load(tmp_path / "out.pt"), wants, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- held weights and buffers
@@ -258,6 +296,44 @@ def _concurrent_eval():
         assert not errors, errors
         for i in range(16):
             assert torch.equal(got[i], expected[i % 8]), i
+
+
+def test_threads_that_find_the_cache_stale_together_generate_once(monkeypatch):
+    """After a ring change, threads that reach the stale cache at once wait for the first one's generation
+    instead of each generating (and holding) a whole model's weights."""
+    from rpg_hf.reparam import layer
+
+    model = _rpg().eval()
+    ring = model.rpg.rings[0]
+    with torch.no_grad():
+        kept = ring.clone()
+        ring.mul_(1.5)
+        want = model(X)  # the single-thread answer for the changed ring
+        ring.copy_(kept)
+        model(X)  # the cache back on the first ring
+    real = layer.expand_ring
+
+    def slow(*args, **kwargs):
+        time.sleep(0.3)  # every thread reaches the stale cache while the first one generates
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(layer, "expand_ring", slow)
+    with torch.no_grad():
+        ring.mul_(1.5)
+    before, got, start = model.rpg.generations, [], threading.Barrier(4)
+
+    def work():
+        start.wait()
+        with torch.no_grad():
+            got.append(model(X))
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 4 and all(torch.allclose(g, want, rtol=1e-5, atol=1e-6) for g in got)
+    assert model.rpg.generations - before == 1
 
 
 # --------------------------------------------------------------------------- nonsense specs

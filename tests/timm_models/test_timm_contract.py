@@ -1,6 +1,6 @@
 """The timm model contract for every ``rpg_*`` name and the CIFAR-style ResNets.
 
-Modelled on timm's own tests/test_models.py (``test_model_default_cfgs``, ``..._non_std``,
+Modelled on timm's own pytorch-image-models/tests/test_models.py (``test_model_default_cfgs``, ``..._non_std``,
 ``test_model_forward_intermediates``, ``test_model_forward_features``), parametrized over the
 registry, at tiny widths and 32-64 px so the file stays fast on one CPU thread.  On top of timm's
 checks: ``features_only`` backbones of RPG models equal timm's own feature models built from the

@@ -133,14 +133,13 @@ class CardInfo:
         from transformers import PreTrainedModel
 
         from rpg_hf.hf import checkpoint
-        from rpg_hf.hf.modeling_rpg import RPGPreTrainedModel
         from rpg_hf.reparam import get_generator
         from rpg_hf.reparam.dof import dof_table
 
         unknown = set(overrides) - {f.name for f in fields(cls)}
         if unknown:
             raise TypeError(f"unknown CardInfo field(s): {sorted(unknown)}")
-        if isinstance(model, RPGPreTrainedModel):
+        if isinstance(model, PreTrainedModel) and getattr(model.config, "model_type", None) == "rpg":  # RPG*
             owner, config = model.backbone, model.config
             architecture, backbone, num_labels = config.architecture, config.backbone, config.num_labels
             ring_dtype, state = config.ring_dtype, checkpoint.ring_only_state_dict(model)

@@ -96,7 +96,7 @@ def load_runs(
 ) -> list[dict[str, Any]]:
     """Load run records from JSON files.
 
-    Accepts a path, a glob pattern (``results/*.json``, ``**`` allowed), or a list mixing both;
+    Accepts a path, a glob pattern (``results/fashion_mnist/runs/*.json``, ``**`` allowed), or a list mixing both;
     an already-parsed summary/run ``dict`` is accepted too. Each file holds either a single run
     object with at least the keys ``arch, method, dof, top1`` (extras such as ``params, seed,
     epochs, train_seconds, device`` are kept), a summary ``{"protocol": ..., "runs": [...],
