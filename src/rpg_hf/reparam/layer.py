@@ -104,6 +104,7 @@ class RPGGenerator(nn.Module):
         self._cache: list[_Cached | None] = [None] * len(ring_sizes)
         self._hubs: list[RingGradient | None] = [None] * len(ring_sizes)
         self._checked = threading.local()  # per thread: the forwards of a watched model whose rings were checked
+        self._lock = threading.Lock()  # one cache fill at a time: concurrent eval threads share the first one's
         self.watch_hooks: list[int] = []  # ids of the forward hooks :meth:`watch` put on the model
 
     def forward(self, x):
@@ -212,24 +213,26 @@ class RPGGenerator(nn.Module):
         new = self.__class__.__new__(self.__class__)
         memo[id(self)] = new
         for key, value in self.__dict__.items():
-            if key == "_checked":
-                new.__dict__[key] = threading.local()
+            if key in ("_checked", "_lock"):
+                new.__dict__[key] = threading.local() if key == "_checked" else threading.Lock()
                 continue
             transient = key in ("_cache", "_hubs")
             new.__dict__[key] = [None] * len(value) if transient else copy.deepcopy(value, memo)
         return new
 
     def __getstate__(self):
-        """Pickle (``torch.save(model)``) without the cache, the gradient hubs and the per-thread state."""
+        """Pickle (``torch.save(model)``) without the cache, the gradient hubs, the per-thread state and the lock."""
         state = dict(self.__dict__)
         state["_cache"] = [None] * len(self.ring_sizes)
         state["_hubs"] = [None] * len(self.ring_sizes)
         state.pop("_checked", None)
+        state.pop("_lock", None)
         return state
 
     def __setstate__(self, state) -> None:
         self.__dict__.update(state)
         self._checked = threading.local()
+        self._lock = threading.Lock()
 
     def invalidate_cache(self) -> None:
         """Drop the cached weights and free their memory.
@@ -243,6 +246,9 @@ class RPGGenerator(nn.Module):
         """Detached weights of every layer of ring ``r`` for the ring's current values (cached).
 
         With ``slot``, only that layer's window of the ring is compared: the caller reads that layer.
+        Threads that find the cache stale at once (eval forwards served from several threads, after a
+        ring change) wait for the first one's generation and use it: one generation, not one per thread
+        (each holding a whole model's weights at the same time).
         """
         ring = self.rings[r]
         if ring.is_meta:  # transformers builds models on the meta device: shapes only
@@ -250,12 +256,16 @@ class RPGGenerator(nn.Module):
         cached = self._cache[r]
         if cached is not None and cached.matches(ring, slot):
             return cached.weights
-        self._cache[r] = None  # free the old weights before generating the new ones
-        with torch.no_grad():
-            weights = expand_ring(ring.detach(), self.slots[r])
-        self.generations += 1
-        self._cache[r] = _Cached(ring.detach().clone(), weights)
-        return weights
+        with self._lock:
+            cached = self._cache[r]  # another thread may have generated them while this one waited
+            if cached is not None and cached.matches(ring, slot):
+                return cached.weights
+            self._cache[r] = None  # free the old weights before generating the new ones
+            with torch.no_grad():
+                weights = expand_ring(ring.detach(), self.slots[r])
+            self.generations += 1
+            self._cache[r] = _Cached(ring.detach().clone(), weights)
+            return weights
 
     def weight(self, position: int) -> torch.Tensor:
         """The current weight of generated layer ``position`` (see the class docstring)."""
