@@ -62,6 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--border", type=int, default=2, help="pixels cropped from every side of ObjectNet images")
     p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images (smoke runs)")
     p.add_argument("--output", default="results.json", help="where to write the JSON results")
+    p.add_argument("--bootstrap", type=int, default=0, metavar="N",
+                   help="add 95%% bootstrap confidence intervals of top-1/top-5 from N resamples (needs scipy; "
+                        "rpg_hf.evaluation.bootstrap_accuracy_interval)")
     p.add_argument("--model-card", action="store_true",
                    help="write the ObjectNet results into <model folder>/README.md (local folders only)")
     args = p.parse_args(argv)
@@ -292,6 +295,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "num_processes": accelerator.num_processes,
     }
 
+    if args.bootstrap > 0:  # the images are independent draws: resample them (from the counts, equivalently)
+        from rpg_hf.evaluation import bootstrap_accuracy_interval
+
+        for k in (1, 5):
+            ci = bootstrap_accuracy_interval(res[f"top{k}_correct"], res["n_images"], n_resamples=args.bootstrap,
+                                             random_state=0)
+            results[f"top{k}_ci95"] = [100.0 * v for v in ci["confidence_interval"]]
+        results["bootstrap_resamples"] = args.bootstrap
+
     if args.imagenet_val:
         from torch.utils.data import Subset
         from torchvision.datasets import ImageFolder
@@ -317,6 +329,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out.write_text(json.dumps(results, indent=2) + "\n")
         print(f"ObjectNet top-1 {results['top1']:.2f}%  top-5 {results['top5']:.2f}%  "
               f"({results['n_images']} images, {results['classes']} classes) -> {out}")
+        if "top1_ci95" in results:
+            print("95% bootstrap intervals: top-1 [{:.2f}, {:.2f}]%  top-5 [{:.2f}, {:.2f}]%".format(
+                *results["top1_ci95"], *results["top5_ci95"]))
         if args.model_card:
             folder = loaded.local_dir
             if folder is None or not (folder / "README.md").is_file():

@@ -14,6 +14,11 @@ its checkpoints, the loaders, the loss, what happens after each optimizer step, 
     accelerate launch --config_file recipes/configs/multi_gpu_8.yaml recipes/train.py \\
         --config recipes/configs/resnet18_45k.yaml --data /data/imagenet --output-dir runs/r18-45k
 
+With ``--config_file recipes/configs/fsdp2_8.yaml`` (FSDP2) the model is sharded by
+``rpg_hf.sharding.shard_rpg_model`` before the optimizer is built, and with
+``recipes/configs/ds_zero3.yaml`` (DeepSpeed ZeRO-3) its rings are registered with
+``register_rings_for_zero3``; the final folder is gathered on the main process.
+
 The flags are the fields of the dataclasses in :mod:`rpg_hf.train.arguments`
 (``transformers.HfArgumentParser``) and the ring options of ``rpg_hf.RPGSpec``
 (``rpg_hf.spec.add_spec_arguments``).  Each can be set in the ``--config`` YAML under its flag
@@ -36,6 +41,7 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 from torch.nn import functional as F
 
+from rpg_hf.sharding import register_rings_for_zero3, shard_rpg_model, sharding_mode, unsharded_copy
 from rpg_hf.spec import spec_kwargs
 from rpg_hf.train import datasets as data
 from rpg_hf.train.arguments import in_chans, parse_args
@@ -136,6 +142,13 @@ class _Run:
         self.teacher = self._teacher() if a.distill_from else None
         if a.sync_bn and acc.num_processes > 1:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.sharded = sharding_mode(acc)  # FSDP2 / ZeRO-3: the ring's rule (rpg_hf.sharding), before the optimizer
+        if self.sharded and a.model != "rpg":
+            raise ValueError(f"{self.sharded} in this recipe is for RPG models; train the vanilla baseline with DDP")
+        if self.sharded == "fsdp2":
+            shard_rpg_model(self.model)  # Accelerate keeps a model that is already sharded as it is
+        elif self.sharded == "zero3":
+            register_rings_for_zero3(self.model)
         self.global_batch = a.batch_size * acc.num_processes * a.grad_accum
         self.lr = a.lr if a.lr is not None else scaled_lr(a.base_lr, self.global_batch, a.lr_base_batch)
         self.spe = steps_per_epoch(len(self.train_set), a, acc.num_processes)
@@ -310,8 +323,10 @@ class _Run:
         final = self.evaluate() if self.val_loader is not None else {}
         self.checkpoint()
         model = acc.unwrap_model(self.model, keep_fp32_wrapper=False, keep_torch_compile=False)
+        if self.sharded:  # every process takes part in the gather; the main one gets the whole model
+            model = unsharded_copy(model)
         results = {
-            "arch": a.arch, "method": a.model, **model_summary(model), "dataset": dataset_id(a), "split": a.val_split,
+            "arch": a.arch, "method": a.model, **(model_summary(model) if model is not None else {}), "dataset": dataset_id(a), "split": a.val_split,
             "top1": final.get("top1"), "top5": final.get("top5"), "val_loss": final.get("loss"),
             "val_images": final.get("n"), "epochs": self.total_steps / self.spe, "steps": self.state.step,
             "steps_per_epoch": self.spe, "global_batch_size": self.global_batch, "lr": self.lr,

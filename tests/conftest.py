@@ -69,7 +69,8 @@ def lay_out_hub_cache(cache: Path, repo_id: str, folder: Path) -> str:
 def break_checkpoint(path: Path, tmp_path: Path, how: str) -> Path:
     """A copy of the ring-only folder ``path`` damaged one way: ``dof`` (config claims 1000 more
     entries), ``version`` (unknown generator), ``missing`` / ``nan`` / ``inf`` (the ring), ``free``
-    (a free tensor gone)."""
+    (a free tensor gone), ``seed`` (config.json names another seed than the file's identity); or
+    ``old``: the file as written before files carried the construction's identity."""
     from safetensors.torch import load_file, save_file
 
     dst = tmp_path / how
@@ -86,6 +87,10 @@ def break_checkpoint(path: Path, tmp_path: Path, how: str) -> Path:
         tensors["backbone.rpg.rings.0"][5] = float(how)
     elif how == "free":
         tensors.pop("backbone.fc.weight")
+    elif how == "seed":
+        cfg["seed"] += 1
+    elif how == "old":
+        tensors.pop("backbone.rpg.construction")
     (dst / "config.json").write_text(json.dumps(cfg))
     save_file(tensors, dst / "model.safetensors", metadata={"format": "pt"})
     return dst

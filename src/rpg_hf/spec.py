@@ -26,7 +26,8 @@ REFERENCE_FAN = 512 * 3 * 3
 class RPGSpec:
     """How a model is re-parameterized by recurrent parameter generators."""
 
-    dof: int = field(metadata={"help": "Degrees of freedom: total size of the ring(s)."})
+    dof: int = field(metadata={"help": "Degrees of freedom: total size of the ring(s); at most the number of "
+                                       "generated weights (a larger ring holds entries no weight reads: refused)."})
     seed: int = field(default=0, metadata={"help": "Seed of the pinned permutation/sign construction."})
     target_types: tuple[str, ...] = field(
         default=DEFAULT_TARGET_TYPES,

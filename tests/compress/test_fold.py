@@ -95,12 +95,13 @@ def _ls_gradient_ratio(model: nn.Module, source: nn.Module, relative: bool = Fal
 # --------------------------------------------------------------------------- exactness
 
 
-@pytest.mark.parametrize("extra", [0, 37])
-def test_fold_then_expand_is_exact_when_dof_covers_the_weights(extra, images64):
+def test_fold_then_expand_is_exact_when_dof_covers_the_weights(images64):
     source = _resnet()
-    spec = rpg_hf.RPGSpec(dof=_generated(source, rpg_hf.RPGSpec(dof=1)) + extra, seed=3)
-    folded, report = fold(source, spec)
-    assert report.exact and report.rel_error < 1e-6 and report.unused_ring_entries == extra
+    generated = _generated(source, rpg_hf.RPGSpec(dof=1))
+    with pytest.raises(ValueError, match=f"{generated + 37:,} entries but generates only {generated:,} weights"):
+        fold(source, rpg_hf.RPGSpec(dof=generated + 37, seed=3))  # a ring entry no weight reads: refused
+    folded, report = fold(source, rpg_hf.RPGSpec(dof=generated, seed=3))
+    assert report.exact and report.rel_error < 1e-6 and report.unused_ring_entries == 0
     assert all(row["rel_error"] < 1e-6 for row in report.rows)
     plain = expand(folded)
     _assert_same_plain(plain, source)

@@ -233,7 +233,7 @@ def test_render_save_and_parse_back(rpg_resnet, tmp_path):
                 f"| Compression (plain / trainable) | {info.compression:,.2f}x |",
                 "| Ring options | scope global, permutation on, sign flip on, seed 7 |"):
         assert row in text
-    assert "| Checkpoint (`model.safetensors`) | ≈ 39.1 KiB;" in text  # not measured: the tensor payload
+    assert "| Checkpoint (`model.safetensors`) | ≈ 39.2 KiB;" in text  # not measured: the tensor payload
     assert "| Fashion-MNIST (`fashion_mnist`) | test | Top-1 accuracy | 91.25% |" in text
     assert "| ObjectNet (`objectnet`), imagenet-overlap-113 | test | Top-1 accuracy | 12.50% |" in text
     assert text.count(RESULTS_START) == 1 and text.count(RESULTS_END) == 1

@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import break_checkpoint
+from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForImageClassification, ViTConfig
 from transformers.dynamic_module_utils import get_imports, get_relative_import_files, get_relative_imports
 
@@ -40,12 +41,14 @@ from rpg_hf.hf.remote_code import configuration_rpg as remote_cfg
 from rpg_hf.hf.remote_code import modeling_rpg as remote
 from rpg_hf.hf.remote_code import rpg_backbone as remote_backbone
 from rpg_hf.hf.remote_code import rpg_checkpoint as remote_ckpt
+from rpg_hf.reparam import identity as package_identity
 
 LABELS = {0: "cat", 1: "dog", 2: "bird"}
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = remote_code_sources()  # file name in a checkpoint -> the package file it is copied from
 REMOTE_CODE_DIR = Path(remote_code.__file__).resolve().parent
-SHIPPED_CORE = {"construction.py": package_construction, "reference.py": package_reference}
+SHIPPED_CORE = {"construction.py": package_construction, "reference.py": package_reference,
+                "identity.py": package_identity}
 
 
 def _timm_cfg(dof=2000, **kw):
@@ -117,8 +120,8 @@ def test_remote_files_never_import_rpg_hf(name):
 
 
 def test_the_remote_files_are_this_folder_and_the_shipped_core_modules():
-    """write_remote_code copies every file of the folder and the two pure-torch core modules, one
-    source each: inside the package their sibling names are aliases of the core modules."""
+    """write_remote_code copies every file of the folder and the three pure-torch package modules, one
+    source each: inside the package their sibling names are aliases of those modules."""
     here = {name for name, path in SOURCES.items() if path.parent == REMOTE_CODE_DIR}
     assert here == {p.name for p in REMOTE_CODE_DIR.glob("*.py")} - {"__init__.py"}
     assert set(SOURCES) == set(REMOTE_CODE_FILES) == here | set(SHIPPED_CORE)
@@ -229,6 +232,7 @@ def test_trust_remote_code_with_rpg_hf_imported_uses_the_package(folders):
     ("version", ValueError, "unknown RPG generator_version 99"),
     ("missing", CheckpointError, "has no ring tensor 'backbone.rpg.rings.0'"),
     ("nan", CheckpointError, "holds 1 NaN/Inf value"),
+    ("seed", CheckpointError, "does not belong to its config.json: .*built with seed=3; .* built with seed=4"),
 ])
 def test_remote_errors_are_the_package_errors(folders, tmp_path, how, error, match):
     bad = break_checkpoint(folders["timm"][0], tmp_path, how)
@@ -322,6 +326,9 @@ def _two_file_layout(path: Path, dst: Path) -> Path:
     shutil.copytree(path, dst)
     for name in REMOTE_CODE_FILES:
         (dst / name).unlink()
+    tensors = load_file(dst / "model.safetensors")  # and the file of that time: no construction identity
+    del tensors["backbone.rpg.construction"]
+    save_file(tensors, dst / "model.safetensors", metadata={"format": "pt"})
     for name in ("configuration_rpg.py", "modeling_rpg.py"):
         old = subprocess.run(["git", "show", f"{OLD_LAYOUT_COMMIT}:src/rpg_hf/remote_code/{name}"], cwd=ROOT,
                              capture_output=True, text=True, stdin=subprocess.DEVNULL)
@@ -330,7 +337,7 @@ def _two_file_layout(path: Path, dst: Path) -> Path:
         elif name == "configuration_rpg.py":
             (dst / name).write_text(_merged(("construction.py", "configuration_rpg.py")))
         else:
-            (dst / name).write_text(_merged(("construction.py", "reference.py", "rpg_checkpoint.py",
+            (dst / name).write_text(_merged(("construction.py", "reference.py", "identity.py", "rpg_checkpoint.py",
                                              "rpg_backbone.py", "modeling_rpg.py")))
     assert get_relative_imports(str(dst / "modeling_rpg.py")) == ["configuration_rpg"]
     assert not get_relative_imports(str(dst / "configuration_rpg.py"))
@@ -339,8 +346,10 @@ def _two_file_layout(path: Path, dst: Path) -> Path:
 
 def test_trust_remote_code_without_rpg_hf(folders, tmp_path):
     paths = {name: str(path) for name, (path, _) in folders.items()}
-    for how in ("dof", "version", "nan"):
+    for how in ("dof", "version", "nan", "seed"):
         paths[f"bad-{how}"] = str(break_checkpoint(folders["timm"][0], tmp_path, how))
+    # a file written before files carried the construction's identity: its trained ring is loaded, not re-drawn
+    paths["old-file"] = str(break_checkpoint(folders["timm"][0], tmp_path, "old"))
     # the old two-file code knows generator version 1 only: a version-1 checkpoint
     paths["two-files"] = str(_two_file_layout(folders["timm-v1"][0], tmp_path / "two-files"))
     script = tmp_path / "blocked.py"
@@ -370,6 +379,8 @@ def test_trust_remote_code_without_rpg_hf(folders, tmp_path):
     assert "has 2000 entries, but the config says dof=3000" in report["bad-dof"][1]
     assert report["bad-version"][0] == "ValueError" and "unknown RPG generator_version 99" in report["bad-version"][1]
     assert report["bad-nan"][0] == "CheckpointError" and "holds 1 NaN/Inf value" in report["bad-nan"][1]
+    assert report["bad-seed"][0] == "CheckpointError" and "built with seed=3" in report["bad-seed"][1]
+    assert torch.equal(torch.load(tmp_path / "old-file.pt"), timm_logits)
     assert "trust_remote_code=True" in report["no-trust"]
     assert {o["label"] for o in report["pipeline"]} == set(LABELS.values())
     # timm cannot know rpg. without rpg_hf, but it says so at the top, not with a TypeError deep inside

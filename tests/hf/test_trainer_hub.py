@@ -16,6 +16,7 @@ from unittest import mock
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import (
@@ -29,6 +30,7 @@ from transformers import (
 
 import rpg_hf
 from rpg_hf.hf.remote_code import REMOTE_CODE_FILES
+from rpg_hf.hf.trainer_card import keep_rpg_card, merge_trainer_card
 
 LABELS = {0: "cat", 1: "dog", 2: "bird"}
 STEPS, SAVE_EVERY, STOP_AT = 6, 2, 4  # 12 images / batch 4: 3 steps an epoch, the stop is mid-epoch
@@ -179,14 +181,58 @@ def test_push_to_hub_during_and_after_training(tmp_path):
                      hub_strategy="checkpoint")
         model = _rpg()
         trainer = Trainer(model=model, args=args, train_dataset=_data(), processing_class=model.image_processor())
+        keep_rpg_card(trainer)  # the one line: Trainer's README is merged into the RPG card, not written over it
         trainer.train()
         trainer.push_to_hub()
     checkpoint_pushes = [files for where, files in uploads if where == "last-checkpoint"]
     assert checkpoint_pushes and all({"model.safetensors", "config.json", *REMOTE_CODE_FILES} <= f
                                      for f in checkpoint_pushes)
+    root_pushes = [files for where, files in uploads if where == ""]
+    assert len(root_pushes) > 1  # during training (hub_strategy) and the final push: all complete RPG folders
+    assert all({"config.json", "model.safetensors", "README.md", *REMOTE_CODE_FILES} <= f for f in root_pushes)
+    for step in range(SAVE_EVERY, STEPS + 1, SAVE_EVERY):
+        files = set(os.listdir(tmp_path / "out" / f"checkpoint-{step}"))
+        assert {"README.md", "config.json", "model.safetensors", *REMOTE_CODE_FILES} <= files
     final = uploads[-1][1]
     assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md", *REMOTE_CODE_FILES} <= final
+
+    # the uploaded README: the RPG card and Trainer's training summary, with one valid metadata block
+    card = ModelCard.load(tmp_path / "pushed" / "README.md")
+    data = card.data
+    assert data.library_name == "rpg_hf" and data.pipeline_tag == "image-classification"
+    assert {"rpg", "ring-only", "generated_from_trainer"} <= set(data.tags)
+    assert data.model_name == "org/test-resnet-rpg" and data.eval_results is not None  # a model-index the Hub reads
+    assert ModelCard(str(card)).data.to_dict() == data.to_dict()  # re-parses to the same metadata
+    text = card.text
+    assert "Recurrent Parameter Generator" in text and "## How to load" in text  # ours
+    assert "\n#### Training hyperparameters" in text and "- learning_rate: 0.003" in text  # Trainer's, one level down
+    assert "\n#### Framework versions" in text and "More information needed" not in text
+    assert "This model was trained from scratch" in text and "[](https://huggingface.co/)" not in text
+    assert text.count("<!-- rpg-hf:trainer:start -->") == 1 and text.index("## How to load") < text.index(
+        "Training hyperparameters")
     loaded = AutoModelForImageClassification.from_pretrained(tmp_path / "pushed").eval()
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         assert torch.equal(loaded(x).logits, trainer.model.eval()(x).logits)
+
+
+def test_merging_twice_keeps_one_trainer_section_and_our_results():
+    from huggingface_hub import EvalResult, ModelCardData
+
+    from rpg_hf.hf.card_results import EvalEntry
+    from rpg_hf.hf.cards import CardInfo, build_model_card
+
+    ours = build_model_card(CardInfo.from_model(_rpg(), model_id="org/m"),
+                            [EvalEntry(dataset_type="imagefolder", dataset_name="val", split="validation",
+                                       metric_type="accuracy", metric_name="top-1", value=71.5)])
+    trainer_data = ModelCardData(tags=["generated_from_trainer"], model_name="m", eval_results=[EvalResult(
+        task_type="image-classification", dataset_type="imagefolder", dataset_name="val", dataset_split="validation",
+        metric_type="loss", metric_name="Loss", metric_value=0.9)])
+    theirs = ModelCard(f"---\n{trainer_data.to_yaml()}\n---\n# m\n\n## Model description\n\nMore information "
+                       "needed\n\n## Training procedure\n\n### Training hyperparameters\n\n- seed: 0\n")
+    once = merge_trainer_card(ours, theirs)
+    twice = merge_trainer_card(ModelCard(str(once)), theirs)
+    assert twice.text.count("<!-- rpg-hf:trainer:start -->") == 1
+    assert "#### Training hyperparameters" in twice.text and "Model description" not in twice.text
+    metrics = {(r.metric_type, r.metric_value) for r in twice.data.eval_results}
+    assert metrics == {("accuracy", 71.5), ("loss", 0.9)}

@@ -435,6 +435,28 @@ def test_recipe_in_process_gives_the_hand_computed_scores(tree, recipe_inputs, t
     _check_recipe_results(res, folder)
 
 
+def test_recipe_bootstrap_intervals(tree, recipe_inputs, tmp_path: Path) -> None:
+    """--bootstrap N: 95% intervals around the point estimates, from the counts (2 and 10 of 14 images)."""
+    pytest.importorskip("scipy")
+    from accelerate.state import AcceleratorState, GradientState
+
+    from rpg_hf.evaluation import bootstrap_accuracy_interval
+
+    folder, val = recipe_inputs
+    argv = [a for a in _recipe_argv(tree[0], folder, val, tmp_path / "results.json") if a != "--model-card"]
+    try:
+        res = _load_recipe().main([*argv, "--bootstrap", "500"])
+    finally:
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+    assert res["bootstrap_resamples"] == 500
+    for k in (1, 5):
+        low, high = res[f"top{k}_ci95"]
+        assert 0.0 <= low < res[f"top{k}"] < high <= 100.0
+        ci = bootstrap_accuracy_interval(res[f"top{k}_correct"], res["n_images"], n_resamples=500, random_state=0)
+        assert [100 * v for v in ci["confidence_interval"]] == pytest.approx([low, high])
+
+
 @pytest.mark.slow
 def test_recipe_end_to_end_with_tiny_timm_model(tree, recipe_inputs, tmp_path: Path) -> None:
     """The recipe as a user runs it: its own interpreter, the same hand-computed scores."""

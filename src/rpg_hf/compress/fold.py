@@ -39,7 +39,7 @@ from torch import nn
 from rpg_hf.compress.batchnorm import recalibrate_batchnorm
 from rpg_hf.compress.ring_fit import WEIGHTINGS, FoldReport, fit_rings, fold_report
 from rpg_hf.compress.source_network import config_from_model, is_rpg, load_source, plain_network, rpg_backbone
-from rpg_hf.reparam import get_generator, reparameterize, select_targets
+from rpg_hf.reparam import GENERATOR_ATTR, get_generator, identity, reparameterize, select_targets
 from rpg_hf.spec import RPGSpec
 
 __all__ = [
@@ -73,7 +73,9 @@ def _match(backbone: nn.Module, source_sd: Mapping[str, torch.Tensor]) -> tuple[
     gen = get_generator(backbone)
     ring_keys = set(_ring_keys(backbone))
     target_sd = backbone.state_dict()
-    free = [k for k in target_sd if k not in ring_keys]
+    # the ring holder's construction identity is the RPG model's own: no plain network has it
+    own = {k for k in target_sd if k.endswith(f"{GENERATOR_ATTR}.{identity.KEY}")}
+    free = [k for k in target_sd if k not in ring_keys and k not in own]
     generated = [f"{layer.name}.weight" for layer in gen.layers]
     expected = {k: tuple(target_sd[k].shape) for k in free}
     expected.update({f"{layer.name}.weight": tuple(layer.shape) for layer in gen.layers})

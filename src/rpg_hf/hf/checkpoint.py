@@ -2,7 +2,8 @@
 
 Why read the file ourselves before transformers does: a ring-only checkpoint is small (the ring
 plus the free tensors), and checking it up front turns every way it can be wrong — a DoF that
-disagrees with the config, a missing ring, NaN/Inf entries, a truncated or non-safetensors file
+disagrees with the config, a missing ring, NaN/Inf entries, a construction identity
+(``backbone.rpg.construction``) that is not config.json's, a truncated or non-safetensors file
 — into one clear error instead of a shape-mismatch traceback or silently random weights.
 Nothing here ever unpickles.
 

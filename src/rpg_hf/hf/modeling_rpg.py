@@ -36,8 +36,6 @@ class RPGPreTrainedModel(remote.RPGPreTrainedModel):
     config: RPGConfig
     config_class = RPGConfig
     _no_split_modules = ["RPGGenerator"]
-    # the ring holder's identity buffer is left out of ring-only files (config.json says the same): rebuilt
-    _keys_to_ignore_on_load_missing = [r"(^|\.)rpg\.construction$"]
 
     # ------------------------------------------------------------------ init
     def _build(self, config: RPGConfig) -> None:
@@ -62,7 +60,7 @@ class RPGPreTrainedModel(remote.RPGPreTrainedModel):
         # The backbone's constructors initialised the free tensors (timm / ViT schemes); only the
         # ring is ours: re-drawn from the seed so meta-device construction ends up identical.  A ring
         # transformers loaded from the file is kept, whatever else of the module the file lacked
-        # (its identity buffer, which is derived and recomputed).
+        # (the identity buffer, in files written before they carried it: derived, recomputed).
         if isinstance(module, RPGGenerator):
             module.reset_rings(keep_loaded=True)
             module.reset_construction()

@@ -2,17 +2,29 @@
 
 A ring's values mean something only together with the construction that unpacks them: the
 generator version, the seed, the permutation / sign switches, the ring sizes and the generated-layer
-layout.  A ``save_pretrained`` folder carries all of that in ``config.json``; a plain state dict
-(timm ``--resume`` checkpoints, EMA copies, Lightning, ``safetensors.torch.save_model``, Accelerate's
-``save_state``) did not, so loading one into a model built another way silently gave other weights.
-The ring holder therefore keeps the identity as a small persistent int64 buffer,
-``rpg.construction``, which every state dict carries, and checks it on load.
+layout.  A state dict that did not say so (timm ``--resume`` checkpoints, EMA copies, Lightning,
+``safetensors.torch.save_model``, Accelerate's ``save_state``, a Trainer resuming from ``checkpoint-N``,
+which reads ``model.safetensors`` without ``config.json``) loaded silently into a model built another
+way and gave other weights.  The ring holder (rpg_hf's ``RPGGenerator`` and the trust_remote_code
+``RPGRings``, both :class:`CarriesConstruction`) therefore keeps the identity as a small persistent
+int64 buffer, ``rpg.construction``, which every state dict carries — ring-only checkpoint files
+included — and checks it on load.  A state dict without one (written before they carried it) loads
+as it always did: into a model built the way it was.
+
+The value saved is computed from the construction, never read back from the buffer: timm's
+``ModelEma`` / ``ModelEmaV2`` blend every state-dict tensor in place in floating point and SWA's
+``AveragedModel(use_buffers=True)`` every buffer, which would round the 48-bit fingerprint.  A fresh
+CPU tensor per ``state_dict()`` keeps whatever they write off the saved value (and needs no device copy).
 
 Layout of the buffer (format 1): ``[1, generator_version, seed >> 32, seed & 0xFFFFFFFF, permute,
 sign_flip, layout fingerprint, number of rings, *ring sizes]``.  The fingerprint is 48 bits of the
 SHA-256 of the generated layers' shapes, rings and float32 multipliers in their recorded order
 (not their names: HF ViT's module names changed between transformers 4 and 5 and the construction
-did not).  Ring-only checkpoint files leave the buffer out: ``config.json`` says the same.
+did not).
+
+This module imports torch and the standard library only: rpg_hf ships it verbatim in every ring-only
+checkpoint (``identity.py``, beside ``construction.py`` and ``reference.py``), so the trust_remote_code
+classes carry, write and check the same identity.
 """
 
 from __future__ import annotations
@@ -20,30 +32,37 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
-
-from rpg_hf.core.reference import LayerSlot
+from torch import nn
 
 FORMAT = 1
 KEY = "construction"  # the buffer's name on the ring holder: state-dict key "<prefix>rpg.construction"
 _HEAD = ("format", "generator_version", "seed_hi", "seed_lo", "permute", "sign_flip", "layout_fingerprint")
 
 
-def layout_fingerprint(slots: Sequence[LayerSlot], rings: Sequence[int]) -> int:
-    """48 bits identifying the generated layers' shapes, rings and multipliers, in order."""
-    rows = [[list(s.shape), r, struct.unpack("<I", struct.pack("<f", s.multiplier))[0]] for s, r in zip(slots, rings,
-                                                                                                     strict=True)]
-    return int.from_bytes(hashlib.sha256(json.dumps(rows).encode()).digest()[:6], "big")
+def layout_fingerprint(rows: Iterable[tuple[Sequence[int], int, float]]) -> int:
+    """48 bits identifying the generated layers' ``(shape, ring, multiplier)`` rows, in order."""
+    data = [[[int(s) for s in shape], int(ring), struct.unpack("<I", struct.pack("<f", float(m)))[0]]
+            for shape, ring, m in rows]
+    return int.from_bytes(hashlib.sha256(json.dumps(data).encode()).digest()[:6], "big")
 
 
-def identity_tensor(version: int, seed: int, permute: bool, sign_flip: bool, fingerprint: int,
-                    ring_sizes: Sequence[int]) -> torch.Tensor:
-    seed &= 0xFFFFFFFFFFFFFFFF
-    values = [FORMAT, version, seed >> 32, seed & 0xFFFFFFFF, int(permute), int(sign_flip), fingerprint,
-              len(ring_sizes), *ring_sizes]
-    return torch.tensor(values, dtype=torch.int64, device="cpu")
+def identity_values(version: int, seed: int, permute: bool, sign_flip: bool,
+                    rows: Iterable[tuple[Sequence[int], int, float]], ring_sizes: Sequence[int]) -> tuple[int, ...]:
+    """The identity of a construction (see the module docstring for the layout)."""
+    seed = int(seed) & 0xFFFFFFFFFFFFFFFF
+    sizes = [int(s) for s in ring_sizes]
+    return (FORMAT, int(version), seed >> 32, seed & 0xFFFFFFFF, int(bool(permute)), int(bool(sign_flip)),
+            layout_fingerprint(rows), len(sizes), *sizes)
+
+
+def config_identity(config) -> tuple[int, ...]:
+    """The identity of the construction an RPG ``config.json`` records (its ``generated_layers``)."""
+    rows = [(d["shape"], d["ring"], d["multiplier"]) for d in config.generated_layers]
+    return identity_values(config.generator_version, config.seed, config.permute, config.sign_flip, rows,
+                           config.ring_sizes)
 
 
 def _decode(t: torch.Tensor) -> dict | None:
@@ -61,7 +80,7 @@ def mismatch(stored: torch.Tensor, own: torch.Tensor) -> str | None:
     build a model that loads it."""
     theirs, ours = _decode(stored), _decode(own)
     if theirs is None:
-        return (f"the state dict's rpg.{KEY} is not an RPG construction identity this rpg_hf can read "
+        return (f"the state dict's rpg.{KEY} is not an RPG construction identity this code can read "
                 f"({list(stored.reshape(-1).tolist())[:8]}...): it was written by a newer rpg_hf or altered")
     assert ours is not None
     if theirs == ours:
@@ -80,3 +99,47 @@ def mismatch(stored: torch.Tensor, own: torch.Tensor) -> str | None:
             f"fingerprint {theirs['layout_fingerprint']:012x}, this model {ours['layout_fingerprint']:012x}): "
             "another architecture or another target selection (target_types, include, exclude, exclude_stem, "
             "exclude_head, scope, reference_fan, linear_std)")
+
+
+class CarriesConstruction(nn.Module):
+    """A ring holder whose state dicts carry its construction's identity (buffer :data:`KEY`) and whose
+    ``load_state_dict`` refuses another construction's.  Subclasses define :meth:`construction_values`
+    and call :meth:`register_construction` once they know their construction."""
+
+    def construction_values(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def construction_tensor(self) -> torch.Tensor:
+        return torch.tensor(self.construction_values(), dtype=torch.int64, device="cpu")  # even in a meta context
+
+    def register_construction(self) -> None:
+        self.register_buffer(KEY, self.construction_tensor(), persistent=True)
+
+    @torch.no_grad()
+    def reset_construction(self) -> None:
+        """Recompute the buffer (it is derived: after meta-device construction it holds nothing)."""
+        buf = getattr(self, KEY)
+        if not buf.is_meta:
+            buf.copy_(self.construction_tensor())
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        """Save the identity computed from the construction, not the buffer's (EMA may have blended it)."""
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        key = prefix + KEY
+        if not keep_vars and key in destination and not destination[key].is_meta:
+            destination[key] = self.construction_tensor()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        """Refuse a state dict written by another construction (strict or not); one without an identity
+        (written before state dicts carried it) loads as it did."""
+        key = prefix + KEY
+        stored = state_dict.get(key)
+        if stored is not None:
+            problem = mismatch(stored, self.construction_tensor())
+            if problem:
+                raise ValueError(f"cannot load this state dict ({key}): {problem}")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if stored is None and key in missing_keys:
+            missing_keys.remove(key)

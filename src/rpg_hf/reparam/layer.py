@@ -54,7 +54,7 @@ class _Cached:
         return torch.equal(self.bits[lo:], now[lo:]) and torch.equal(self.bits[: hi - size], now[: hi - size])
 
 
-class RPGGenerator(nn.Module):
+class RPGGenerator(identity.CarriesConstruction):
     """Owns the ring(s) and turns them into the weights of the generated modules.
 
     Weights are never served from an old ring, whatever wrote it (an optimizer step, fused
@@ -99,7 +99,7 @@ class RPGGenerator(nn.Module):
                     f"{size - generated:,} entries would never be used (dof={spec.dof:,} for "
                     f"{sum(layer.numel for layer in self.layers):,} generated weights in all); choose a smaller dof"
                 )
-        self.register_buffer(identity.KEY, self._construction(), persistent=True)
+        self.register_construction()  # rpg.construction: every state dict says which construction it needs
         self.generations = 0  # how many times a ring's cache was filled: tests and benchmarks see it work
         self._cache: list[_Cached | None] = [None] * len(ring_sizes)
         self._hubs: list[RingGradient | None] = [None] * len(ring_sizes)
@@ -169,35 +169,17 @@ class RPGGenerator(nn.Module):
                 ring.copy_(part)
 
     # ------------------------------------------------------------------ the construction's identity
-    def _construction(self) -> torch.Tensor:
-        """This generator's :mod:`~rpg_hf.reparam.identity` (version, seed, switches, layout, ring sizes)."""
-        spec = self.spec
-        slots = [self.slots[r][i] for r, i in self.slot_of]
-        fingerprint = identity.layout_fingerprint(slots, [layer.ring for layer in self.layers])
-        return identity.identity_tensor(spec.generator_version, spec.seed, spec.permute, spec.sign_flip, fingerprint,
-                                        self.ring_sizes)
-
-    @torch.no_grad()
-    def reset_construction(self) -> None:
-        """Recompute the identity buffer (it is derived: after meta-device construction it holds nothing)."""
-        buf = getattr(self, identity.KEY)
-        if not buf.is_meta:
-            buf.copy_(self._construction())
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        """Refuse a state dict written by another construction; one without an identity (written before
-        state dicts carried it, or a ring-only file, whose config.json says the same) loads as it did."""
-        key = prefix + identity.KEY
-        stored = state_dict.get(key)
-        if stored is not None:
-            problem = identity.mismatch(stored, self._construction())
-            if problem:
-                raise ValueError(f"cannot load this state dict ({prefix}{identity.KEY}): {problem}")
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
-        if stored is None and key in missing_keys:
-            missing_keys.remove(key)
+    def construction_values(self) -> tuple[int, ...]:
+        """This generator's :mod:`~rpg_hf.reparam.identity` (version, seed, switches, layout, ring sizes):
+        computed once, the layers and the spec never change after construction."""
+        values = self.__dict__.get("_construction_values")
+        if values is None:
+            spec = self.spec
+            rows = [(layer.shape, layer.ring, layer.multiplier) for layer in self.layers]
+            values = identity.identity_values(spec.generator_version, spec.seed, spec.permute, spec.sign_flip, rows,
+                                              self.ring_sizes)
+            self.__dict__["_construction_values"] = values
+        return values
 
     def __prepare_scriptable__(self):
         """``torch.jit.script`` cannot compile the Python that generates the weights: say what works."""

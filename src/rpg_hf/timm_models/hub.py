@@ -169,10 +169,11 @@ def load_rpg_timm_model(source: tuple[str, str], *, pretrained: bool = True, arc
                 key = f"{name}.weight"
                 if key in state:
                     state[key] = adapt_input_conv(in_chans, state[key], base_chans=saved_chans)
-        # the ring holder's identity buffer is not in ring-only files (config.json says the same)
-        own = {k: v for k, v in model.state_dict().items() if not k.endswith(CONSTRUCTION_KEY)}
+        own = model.state_dict()
         mismatched = [k for k, v in state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
-        missing = sorted(set(own) - set(state) - dropped)
+        # files written before they carried the construction's identity lack it (read_ring_only checked it)
+        old = {CONSTRUCTION_KEY[len("backbone."):]}
+        missing = sorted(set(own) - set(state) - dropped - old)
         unexpected = sorted(set(state) - set(own))
         if missing or unexpected or mismatched:
             raise CheckpointError(

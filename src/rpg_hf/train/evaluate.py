@@ -100,13 +100,13 @@ def evaluate(model: nn.Module, loader: Any, *, accelerator: Any = None, device: 
     without one, batches are moved to ``device``.  ``transform`` is applied to each input batch
     (the demo normalizes uint8 tensors there).
     """
-    from tqdm.auto import tqdm
+    from rpg_hf.train.progress import progress as progress_bar
 
     was_training = model.training
     model.eval()
     metric = TopKAccuracy(ks)
     loss_sum, count = 0.0, 0
-    for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
+    for x, y in progress_bar(loader, desc=desc, disable=not progress, leave=False):
         if accelerator is None and device is not None:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if transform is not None:

@@ -91,13 +91,13 @@ def fit(
     Raises :class:`FloatingPointError` on a non-finite loss (the step it happened at is in the
     message), so a diverged run never writes a checkpoint that looks trained.
     """
-    from tqdm.auto import tqdm
+    from rpg_hf.train.progress import progress as progress_bar
 
     state = state if state is not None else TrainState()
     sync = accelerator is not None
     model.train()
-    bar = tqdm(total=total_steps, initial=state.step, desc=desc, dynamic_ncols=True, mininterval=1.0,
-               disable=not progress or (sync and not accelerator.is_main_process))
+    bar = progress_bar(total=total_steps, initial=state.step, desc=desc, mininterval=1.0,
+                       disable=not progress or (sync and not accelerator.is_main_process))
     try:
         while state.step < total_steps:
             epoch, done = divmod(state.step, steps_per_epoch)

@@ -327,10 +327,10 @@ def _run_projected(
     metric = TopKAccuracy((1, 5))
     batches: Iterable[Any] = loader
     if progress:
-        from tqdm.auto import tqdm
+        from rpg_hf.train.progress import progress as progress_bar
 
         show = accelerator is None or accelerator.is_main_process
-        batches = tqdm(loader, desc="eval", disable=not show, dynamic_ncols=True)
+        batches = progress_bar(loader, desc="eval", disable=not show)
     with torch.inference_mode():
         for batch in batches:
             if isinstance(batch, Mapping):

@@ -10,12 +10,14 @@ One source for each piece of logic, whether rpg_hf is installed or not:
 
 * four files live in this folder: the config, the `PreTrainedModel` classes, the checkpoint readers
   (with the int8 codec) and the plain backbone + ring module;
-* two are the package's own pure-torch modules, shipped verbatim under their own names:
-  :mod:`rpg_hf.core.construction` as ``construction.py`` (the pinned construction) and
+* three are the package's own pure-torch modules, shipped verbatim under their own names:
+  :mod:`rpg_hf.core.construction` as ``construction.py`` (the pinned construction),
   :mod:`rpg_hf.core.reference` as ``reference.py`` (generation in plain PyTorch; it imports
-  ``.construction`` relatively, so it runs beside it in a checkpoint as in ``rpg_hf.core``).
+  ``.construction`` relatively, so it runs beside it in a checkpoint as in ``rpg_hf.core``) and
+  :mod:`rpg_hf.reparam.identity` as ``identity.py`` (the construction's identity every state dict
+  carries, and the ring holders' check of it).
 
-The files here import those two as siblings (``from .reference import ...``).  In a checkpoint they
+The files here import those three as siblings (``from .reference import ...``).  In a checkpoint they
 are siblings; inside the package the two names are aliases, set below in ``sys.modules`` before any
 file here is imported: ``rpg_hf.hf.remote_code.construction`` *is* the module object
 ``rpg_hf.core.construction`` (not a copy).  ``write_remote_code`` copies the source file of each
@@ -30,8 +32,9 @@ defined here, and :mod:`rpg_hf.hf.checkpoint` / :mod:`rpg_hf.compress.quantizati
 import sys
 
 from rpg_hf.core import construction, reference
+from rpg_hf.reparam import identity
 
-for _module in (construction, reference):  # the shipped core modules, under their sibling names
+for _module in (construction, reference, identity):  # the shipped package modules, under their sibling names
     sys.modules[f"{__name__}.{_module.__name__.rpartition('.')[2]}"] = _module
 
 from .rpg_checkpoint import REMOTE_CODE_FILES, remote_code_sources  # noqa: E402  (after the aliases)

@@ -7,8 +7,10 @@ model with only torch + transformers (+ timm for timm backbones): the checkpoint
 biases, head) and a config with the seed, the DoF and the recorded layer order; never index tables.
 
 * ``configuration_rpg.py``: the config;
-* ``construction.py``: the pinned construction (``generator_version`` 1) and ``reference.py``: the
+* ``construction.py``: the pinned construction (``generator_version`` 1 and 2) and ``reference.py``: the
   weights it generates, in plain PyTorch — both rpg_hf's own ``rpg_hf.core`` modules, verbatim;
+* ``identity.py``: the construction's identity every state dict and file carries (rpg_hf's
+  ``rpg_hf.reparam.identity``, verbatim), checked on load;
 * ``rpg_checkpoint.py``: reading and validating the ring-only safetensors file, int8 rings;
 * ``rpg_backbone.py``: the plain backbone and the ring module that generates its weights;
 * this file: the `PreTrainedModel` classes, ``expand()`` to a plain timm model / ViT.
@@ -54,6 +56,8 @@ class RPGPreTrainedModel(PreTrainedModel):
     input_modalities = ("image",)
     _no_split_modules = ["RPGRings"]
     model_tags = ["rpg_hf", "rpg"]
+    # the construction's identity (identity.py): files written before they carried it still load
+    _keys_to_ignore_on_load_missing = [r"(^|\.)rpg\.construction$"]
     supports_gradient_checkpointing = True
 
     def _build(self, config: RPGConfig) -> None:
@@ -66,8 +70,12 @@ class RPGPreTrainedModel(PreTrainedModel):
         return self.backbone.rpg
 
     def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, RPGRings):  # the backbone's constructors initialised the free tensors
-            module.reset_rings()
+        # The backbone's constructors initialised the free tensors; the ring is drawn from the seed
+        # unless transformers loaded it: it calls this on a module with any key missing from the file
+        # (the identity buffer of a file written before files carried it), loaded ring or not.
+        if isinstance(module, RPGRings):
+            module.reset_rings(keep_loaded=True)
+            module.reset_construction()
 
     def _set_gradient_checkpointing(self, enable: bool = True, *args, **kwargs):
         """``gradient_checkpointing_enable()`` / ``TrainingArguments(gradient_checkpointing=True)``: a ViT's

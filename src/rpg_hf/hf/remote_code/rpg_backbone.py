@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .configuration_rpg import RPGConfig
+from .identity import CarriesConstruction, config_identity
 from .reference import LayerSlot, generate_layer
 
 
@@ -52,8 +53,9 @@ def build_backbone(config: RPGConfig) -> nn.Module:
         raise
 
 
-class RPGRings(nn.Module):
-    """Owns the ring(s) (``backbone.rpg.rings.<i>``) and generates the recorded layers' weights."""
+class RPGRings(CarriesConstruction):
+    """Owns the ring(s) (``backbone.rpg.rings.<i>``) and generates the recorded layers' weights; its
+    state dicts carry the construction's identity (``backbone.rpg.construction``, see ``identity.py``)."""
 
     def __init__(self, config: RPGConfig):
         super().__init__()
@@ -74,8 +76,13 @@ class RPGRings(nn.Module):
                              self.seed, bool(config.permute), bool(config.sign_flip), int(config.generator_version))
             self.slots.append((r, slot))
             starts[r] += slot.numel
+        self._identity = config_identity(config)
+        self.register_construction()
         self._modules_ref: list[nn.Module] = []
         self._cache = None
+
+    def construction_values(self) -> tuple[int, ...]:
+        return self._identity
 
     def _initial_ring(self) -> torch.Tensor:
         """Kaiming-normal ring for the reference fan, drawn on the CPU from the seed (a fresh model only)."""
@@ -83,9 +90,10 @@ class RPGRings(nn.Module):
         return torch.randn(self.dof, generator=gen, device="cpu") * self.ring_std
 
     @torch.no_grad()
-    def reset_rings(self) -> None:
+    def reset_rings(self, keep_loaded: bool = False) -> None:
+        """Re-draw the ring(s) from the seed; ``keep_loaded``: not those transformers loaded from a file."""
         for ring, part in zip(self.rings, self._initial_ring().split(self.ring_sizes), strict=True):
-            if not ring.is_meta:
+            if not ring.is_meta and not (keep_loaded and getattr(ring, "_is_hf_initialized", False)):
                 ring.copy_(part)
         self.invalidate_cache()
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from .configuration_rpg import RPGConfig
+from .identity import KEY, config_identity, mismatch
 
 WEIGHTS_NAME = "model.safetensors"
 RING_PREFIX = "backbone.rpg.rings."
@@ -30,7 +31,7 @@ BLOCK_SIZE_SUFFIX = ".block_size"
 QMAX = 127
 # Every trust_remote_code file: what write_remote_code copies into a saved folder.
 REMOTE_CODE_FILES = ("configuration_rpg.py", "modeling_rpg.py", "rpg_backbone.py", "rpg_checkpoint.py",
-                     "construction.py", "reference.py")
+                     "construction.py", "reference.py", "identity.py")
 AUTO_MAP = {
     "AutoConfig": "configuration_rpg.RPGConfig",
     "AutoModelForImageClassification": "modeling_rpg.RPGForImageClassification",
@@ -151,17 +152,16 @@ def dequantize_state_dict(tensors) -> dict:
             for key, value in tensors.items() if key not in skip}
 
 
-CONSTRUCTION_KEY = "rpg.construction"  # rpg_hf's ring holder's identity buffer (rpg_hf.reparam.identity)
+CONSTRUCTION_KEY = f"backbone.rpg.{KEY}"  # the construction's identity (identity.py), in files since it existed
 
 
 def ring_only_state_dict(state, config: RPGConfig) -> dict:
     """The tensors a ring-only checkpoint stores: ring(s) (float32, or int8 triples for
-    ``ring_dtype="int8"``) and free tensors.  Rings already stored as int8 triples stay as they are."""
+    ``ring_dtype="int8"``), free tensors and the construction's identity (72 bytes: a Trainer resuming
+    from the file reads it without config.json).  Rings already stored as int8 triples stay as they are."""
     rings = {ring_key(i) for i in range(len(config.ring_sizes or [config.dof]))} if config.ring_dtype == "int8" else ()
     out = {}
     for key, value in state.items():
-        if key.endswith(CONSTRUCTION_KEY):  # rpg_hf's state-dict identity: config.json says the same here
-            continue
         if key in rings and value.dtype != torch.int8:
             out.update({key + suffix: t for suffix, t in quantize_ring(value, config.ring_block_size).items()})
         else:
@@ -204,6 +204,11 @@ def read_ring_only(path: str, config: RPGConfig) -> dict:
     extra = [k for k in tensors if k.startswith(RING_PREFIX) and k not in {ring_key(i) for i in range(len(sizes))}]
     if extra:
         raise CheckpointError(f"{path} holds ring tensors {extra} beyond the config's {len(sizes)} ring(s)")
+    stored = tensors.get(CONSTRUCTION_KEY)  # absent from files written before it existed
+    if stored is not None and config.generated_layers and config.ring_sizes:
+        problem = mismatch(stored, torch.tensor(config_identity(config), dtype=torch.int64))
+        if problem:
+            raise CheckpointError(f"{path} does not belong to its config.json: {problem}")
     return tensors
 
 
