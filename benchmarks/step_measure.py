@@ -168,8 +168,8 @@ class Bench:
 
     # -- memory and generation (eager pass)
     def state_mib(self, model, opt) -> float:
-        """Bytes held between steps: parameters, gradients, buffers, optimizer state, RPG's cached weights
-        and reused output buffers."""
+        """Bytes held between steps: parameters, gradients, buffers, optimizer state, RPG's cached weights,
+        reused output buffers and kept weight gradients."""
         torch = self.torch
         seen, total = set(), 0
 
@@ -195,6 +195,8 @@ class Bench:
             for pool in (hub.buffers.values() if hub is not None else ()):
                 for buf in pool:
                     add(buf)
+            for g in (hub.held or ()) if hub is not None else ():  # the last backward's weight gradients
+                add(g)
         return total / 2**20
 
     def peak_mib(self, m: dict, step) -> float | None:

@@ -166,3 +166,21 @@ def test_two_forwards_with_a_ring_change_between_then_one_backward():
         for layer, slot in zip(model.rpg.layers, model.rpg.slots[0], strict=True):
             fold_window(ref, window_grad(plain.get_submodule(layer.name).weight.grad, slot), slot.start)
     torch.testing.assert_close(ring.grad, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_weight_gradients_live_until_the_next_forward_like_a_plain_grad():
+    """On the CPU the last backward's weight gradients stay (as a plain model's ``.grad`` does) until the
+    next forward reads the ring: freed mid-step, glibc would return them to the OS and fault them in
+    again every step.  An eval forward that refreshes the cache lets training's buffers go."""
+    model = _model().train()
+    _ring_grads(model)
+    hub = model.rpg._hubs[0]
+    assert hub.held is not None and len(hub.held) == len(model.rpg.layers)
+    assert sorted(tuple(g.shape) for g in hub.held) == sorted(s.shape for s in model.rpg.slots[0])
+    model(X)  # the next forward: they go
+    assert hub.held is None
+    _ring_grads(model)
+    with torch.no_grad():
+        model.rpg.rings[0].mul_(1.01)
+        model.eval()(X)  # the eval cache is filled: training's buffers and gradients are released
+    assert model.rpg._hubs[0] is None

@@ -243,6 +243,7 @@ class RPGGenerator(identity.CarriesConstruction):
             if cached is not None and cached.matches(ring, slot):
                 return cached.weights
             self._cache[r] = None  # free the old weights before generating the new ones
+            self._hubs[r] = None  # and training's kept buffers and gradients (made again by the next step)
             with torch.no_grad():
                 weights = expand_ring(ring.detach(), self.slots[r])
             self.generations += 1
