@@ -55,7 +55,9 @@ static inline int64_t chunk_hi(const layer_t *ly, const chunk_t *ch) {
 }
 
 /* ---- version 2 forward: block i of the layer is ring[base .. base + 32) * m, lane t negated when
-   bit t of hash32(i, k_sign) is set; base = (o + 32 * pi1(i)) mod N.  Contiguous reads and writes. ---- */
+   bit t of hash32(i, k_sign) is set; base = (o + 32 * pi1(i)) mod N.  Contiguous reads and writes.
+   Two loops on purpose: the fixed-length one (a whole block that does not pass the ring's end) has
+   no index test and vectorizes; the other handles the tail block and a block that wraps. ---- */
 #define DEFINE_FORWARD_BLOCKS(NAME, T, UINT)                                                   \
 static void NAME(job_t *job, const chunk_t *ch) {                                              \
     const layer_t *ly = &job->layers[ch->layer];                                               \
