@@ -35,14 +35,10 @@ from rpg_hf.ops import cpu, triton_ring
 from rpg_hf.ops.plan import RingPlan, get_plan
 
 BACKEND_ENV = "RPG_HF_BACKEND"
-# torch.fx.symbolic_trace (and torchvision's / timm's FX feature extractors) is running: the older name
-# also answers True under torch.export, where is_compiling() already routes to the custom op
-_is_fx_tracing = getattr(_symbolic_trace, "is_fx_symbolic_tracing", _symbolic_trace.is_fx_tracing)
-
-
-def is_fx_tracing() -> bool:
-    """Whether ``torch.fx.symbolic_trace`` is building a graph (weights must become graph nodes)."""
-    return _is_fx_tracing()
+# is_fx_tracing(): torch.fx.symbolic_trace (torchvision's / timm's FX feature extractors too) is building a
+# graph, so weights must become graph nodes.  The older name also answers True under torch.export, where
+# is_compiling() already routes to the custom op.
+is_fx_tracing = getattr(_symbolic_trace, "is_fx_symbolic_tracing", _symbolic_trace.is_fx_tracing)
 
 BACKENDS = ("auto", "torch", "cpu", "triton")
 

@@ -50,11 +50,6 @@ class RingPlan:
         self._device: dict[tuple[str, torch.device], torch.Tensor] = {}
 
     @property
-    def versions(self) -> frozenset[int]:
-        """The generator versions of the plan's layers (a model has one; kernels may handle each)."""
-        return frozenset(s.version for s in self.slots)
-
-    @property
     def num_layers(self) -> int:
         return len(self.slots)
 
